@@ -1,0 +1,45 @@
+# The two commands: `make run` (the product on the embedded default) and `make test`.
+# Both honour DATABASE_URL and CELERY_BROKER_URL when they are set.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+REQS := requirements/base.txt requirements/dev.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq faults bench clean
+
+$(STAMP): $(REQS)
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Migrate, create the demo user (and the demo files); safe to run again.
+setup: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo_user --url http://127.0.0.1:$(PORT)/
+
+# Web (gunicorn), worker and beat, on http://127.0.0.1:$(PORT)/ — Ctrl-C stops all three.
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" GUNICORN_BIND=127.0.0.1:$(PORT) $(BIN)/honcho start
+
+# The whole suite on the embedded default, then the real-service tests on PostgreSQL + Redis
+# and PostgreSQL + RabbitMQ. Under CI=true a test that would skip fails the run instead.
+test: install
+	$(MAKE) --no-print-directory --keep-going test-sqlite test-pg-redis test-pg-rabbitmq
+
+test-sqlite: install
+	TAP_TEST_BACKEND=sqlite-fs $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-pg-redis: install
+	TAP_TEST_BACKEND=pg-redis $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-pg-rabbitmq: install
+	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/test .pytest_cache

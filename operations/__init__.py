@@ -1,0 +1,1 @@
+"""Operations: long-running work as pause-able, resume-able, cancellable Celery workflows."""

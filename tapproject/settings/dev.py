@@ -1,0 +1,15 @@
+"""Local development: the embedded default (SQLite + filesystem broker under var/), DEBUG on."""
+
+from .base import *  # noqa: F403
+from .base import env, env_bool, env_list
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env("SECRET_KEY") or "dev-only-insecure-key-never-used-in-production-4f8a1c2e9b7d"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+# Serve static files straight from the apps while developing (no collectstatic step).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+from .base import STATIC_ROOT  # noqa: E402
+
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder even when using finders

@@ -1,0 +1,53 @@
+"""Settings for the test suite and for the worker subprocesses it starts.
+
+``TAP_TEST_BACKEND`` picks one of the real-service combinations the suite runs against:
+``sqlite-fs`` (default: SQLite + filesystem broker), ``pg-redis`` and ``pg-rabbitmq``.
+Explicit ``DATABASE_URL`` / ``CELERY_BROKER_URL`` still win, so a worker started by a fixture is
+pointed at the very database pytest-django created.
+"""
+
+import os
+from pathlib import Path
+
+BACKENDS = {
+    "sqlite-fs": {
+        "DATABASE_URL": None,
+        "CELERY_BROKER_URL": "filesystem://",
+    },
+    "pg-redis": {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tapproject",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/5",
+    },
+    "pg-rabbitmq": {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tapproject",
+        "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+    },
+}
+TAP_TEST_BACKEND = os.environ.setdefault("TAP_TEST_BACKEND", "sqlite-fs")
+if TAP_TEST_BACKEND not in BACKENDS:
+    raise RuntimeError(f"TAP_TEST_BACKEND={TAP_TEST_BACKEND!r}; expected one of {sorted(BACKENDS)}")
+_root = Path(__file__).resolve().parent.parent.parent
+os.environ.setdefault("TAP_VAR_DIR", str(_root / "var" / "test" / TAP_TEST_BACKEND))
+for _name, _value in BACKENDS[TAP_TEST_BACKEND].items():
+    if _value is not None:
+        os.environ.setdefault(_name, _value)
+
+from .base import *  # noqa: E402,F403
+from .base import DATABASES, VAR_DIR  # noqa: E402
+
+DEBUG = False
+SECRET_KEY = "test-only-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
+ALLOWED_HOSTS = ["*"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+WHITENOISE_USE_FINDERS = True
+# The worker subprocesses must see the database pytest-django creates, so SQLite's test
+# database is a file, not pytest's default in-memory database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+# Short leases so the reconciler's behaviour is observable within a test.
+TAP_HEARTBEAT_LEASE = int(os.environ.get("TAP_HEARTBEAT_LEASE", "6"))
+REST_FRAMEWORK = {**REST_FRAMEWORK}  # noqa: F405
+
+from .base import STATIC_ROOT  # noqa: E402
+
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder even when using finders

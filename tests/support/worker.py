@@ -1,0 +1,116 @@
+"""Real Celery worker subprocesses for integration tests: start, wait until they answer, kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class WorkerProcess:
+    """One ``celery worker`` subprocess, in its own process group so a test can kill all of it."""
+
+    def __init__(self, env, log_path, *, concurrency=2, pool="prefork", name=None, queues=None,
+                 extra_args=()):
+        self.env = env
+        self.log_path = Path(log_path)
+        self.concurrency = concurrency
+        self.pool = pool
+        self.name = name or f"test-{uuid.uuid4().hex[:6]}"
+        self.queues = queues
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self._log = None
+
+    def command(self):
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "tapproject", "worker",
+            "--loglevel", "INFO", "--pool", self.pool, "--concurrency", str(self.concurrency),
+            "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+        ]
+        if self.queues:
+            cmd += ["--queues", ",".join(self.queues)]
+        return cmd + self.extra_args
+
+    def start(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(), cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout=60):
+        """Block until the worker has executed a task end to end (broker → worker → result)."""
+        from operations.tasks import ping
+
+        deadline = time.monotonic() + timeout
+        token = uuid.uuid4().hex
+        result = ping.apply_async(args=[token])
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if result.ready():
+                assert result.get(timeout=1)["pong"] == token
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"worker did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def children(self):
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self):
+        """SIGKILL the whole worker (main process and pool children): a machine losing power."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._close_log()
+
+    def stop(self, timeout=30):
+        """Warm shutdown (SIGTERM); SIGKILL if it does not finish in time."""
+        if self.proc is None or not self.alive():
+            self._close_log()
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # Pool children that outlived their parent would hold database connections.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._close_log()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines=60):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
