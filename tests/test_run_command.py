@@ -30,10 +30,10 @@ def wait_for(url, timeout, proc, log_path):
     while time.monotonic() < deadline:
         assert proc.poll() is None, log_path.read_text()
         try:
-            response = requests.get(url, timeout=2)
+            response = requests.get(url, timeout=10)
             if response.status_code == 200:
                 return response
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still booting
             pass
         time.sleep(0.3)
     raise AssertionError(f"{url} did not answer in {timeout}s:\n{log_path.read_text()}")
