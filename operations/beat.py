@@ -18,6 +18,13 @@ def periodic_task_specs():
             "crontab": {"minute": "0", "hour": "4"},
             "description": "Deletes task results older than CELERY_RESULT_EXPIRES.",
         },
+        {
+            "name": "operations.reconcile",
+            "task": "operations.reconcile",
+            "every_seconds": settings.TAP_RECONCILE_INTERVAL,
+            "description": "Marks operations whose worker went silent for longer than "
+                           "TAP_HEARTBEAT_LEASE as interrupted (or re-dispatches them).",
+        },
     ]
 
 
@@ -50,6 +57,15 @@ def install_periodic_tasks(PeriodicTask, CrontabSchedule, IntervalSchedule):
         )
         created.append(spec["name"])
     return created
+
+
+def install_periodic_tasks_migration(apps, schema_editor):
+    """RunPython entry point: the same installer, on the migration's historical models."""
+    install_periodic_tasks(
+        apps.get_model("django_celery_beat", "PeriodicTask"),
+        apps.get_model("django_celery_beat", "CrontabSchedule"),
+        apps.get_model("django_celery_beat", "IntervalSchedule"),
+    )
 
 
 class OperationsScheduler(DatabaseScheduler):

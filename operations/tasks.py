@@ -1,9 +1,23 @@
-"""Celery tasks of the operations app. Tasks take ids, never model instances."""
+"""Celery tasks of the operations app: thin wrappers that take ids and call the engine or services."""
 
 import os
 import socket
 
 from celery import shared_task
+
+from . import engine, services
+
+
+@shared_task(name="operations.run_step", bind=True, ignore_result=True, acks_late=True)
+def run_step(self, operation_id, run_token, index):
+    """One step of an operation; the message carries only what identifies the step."""
+    engine.run_step(self, operation_id, run_token, index)
+
+
+@shared_task(name="operations.reconcile", ignore_result=True)
+def reconcile():
+    """Beat: operations whose worker went silent for longer than the lease become interrupted."""
+    return services.operations_reconcile()
 
 
 @shared_task(name="operations.ping")

@@ -74,5 +74,5 @@ def test_embedded_default_is_sqlite_wal_and_filesystem_broker(tmp_path):
     journal, busy, broker, name = result.stdout.split()[-4:]
     assert journal == "wal"
     assert int(busy) >= 5000
-    assert broker == "filesystem://"
+    assert broker == "filesystem://localhost/"
     assert name == str(tmp_path / "db.sqlite3")

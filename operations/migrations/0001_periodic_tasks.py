@@ -1,16 +1,8 @@
 from django.db import migrations
 
-
-def install(apps, schema_editor):
-    from operations.beat import install_periodic_tasks
-
-    install_periodic_tasks(
-        apps.get_model("django_celery_beat", "PeriodicTask"),
-        apps.get_model("django_celery_beat", "CrontabSchedule"),
-        apps.get_model("django_celery_beat", "IntervalSchedule"),
-    )
+from operations.beat import install_periodic_tasks_migration
 
 
 class Migration(migrations.Migration):
     dependencies = [("django_celery_beat", "0019_alter_periodictasks_options")]
-    operations = [migrations.RunPython(install, migrations.RunPython.noop)]
+    operations = [migrations.RunPython(install_periodic_tasks_migration, migrations.RunPython.noop)]

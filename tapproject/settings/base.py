@@ -160,7 +160,7 @@ LOGGING = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-CELERY_BROKER_URL = env("CELERY_BROKER_URL") or "filesystem://"
+CELERY_BROKER_URL = env("CELERY_BROKER_URL") or "filesystem://localhost/"
 BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for folder in ("queue", "processed", "control"):
@@ -221,7 +221,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- tapproject -----------------------------------------------------------------------------
 # How long a running operation may go without a heartbeat before beat calls it interrupted.
-TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 60)
+TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 120)
 # Whether the reconciler re-dispatches interrupted operations by itself (else a user resumes).
 TAP_RECONCILE_REDISPATCH = env_bool("TAP_RECONCILE_REDISPATCH", False)
 TAP_RECONCILE_INTERVAL = env_int("TAP_RECONCILE_INTERVAL", 30)
+# Extra modules that register operation kinds (besides each app's ``operation_kinds`` module).
+TAP_KIND_MODULES = env_list("TAP_KIND_MODULES")

@@ -12,7 +12,7 @@ from pathlib import Path
 BACKENDS = {
     "sqlite-fs": {
         "DATABASE_URL": None,
-        "CELERY_BROKER_URL": "filesystem://",
+        "CELERY_BROKER_URL": "filesystem://localhost/",
     },
     "pg-redis": {
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tapproject",
@@ -46,7 +46,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 # Short leases so the reconciler's behaviour is observable within a test.
 TAP_HEARTBEAT_LEASE = int(os.environ.get("TAP_HEARTBEAT_LEASE", "6"))
-REST_FRAMEWORK = {**REST_FRAMEWORK}  # noqa: F405
+# Kinds only the tests use (flaky steps, row-writing steps), and the docs/extending.md example.
+TAP_KIND_MODULES = ["tests.support.kinds", "docs.examples.publish"]
+TAP_RECONCILE_INTERVAL = 1
 
 from .base import STATIC_ROOT  # noqa: E402
 

@@ -1,0 +1,79 @@
+"""The SQL that writes ``Operation`` rows: one conditional UPDATE per write, row count checked.
+
+Never read, check, save: each UPDATE names the statuses (and the run token / fence) it expects in
+its WHERE clause, and RETURNING tells the caller whether it won and from which status. Used only
+by ``operations.services``; portable across PostgreSQL and SQLite (3.35+, for RETURNING).
+"""
+
+import json
+
+from django.db import connection
+
+from .models import Operation
+
+
+class Raw(str):
+    """A SQL expression for a SET clause, e.g. ``Raw("run_token + 1")``."""
+
+
+def _q(name):
+    return connection.ops.quote_name(name)
+
+
+def column(name):
+    """A quoted column name, for SQL expressions such as ``Raw(f"{column('fence')} + 1")``."""
+    return _q(name)
+
+
+def _table():
+    return _q(Operation._meta.db_table)
+
+
+def _assignment(name, value):
+    if isinstance(value, Raw):
+        return f"{_q(name)} = {value}", []
+    field = Operation._meta.get_field(name)
+    return f"{_q(name)} = %s", [field.get_db_prep_save(value, connection)]
+
+
+def in_statuses(statuses):
+    statuses = sorted(statuses)
+    return f"{_q('status')} IN ({', '.join(['%s'] * len(statuses))})", statuses
+
+
+def update(operation_id, assignments, conditions=(), returning=("previous_status",), many=False):
+    """``UPDATE … SET assignments WHERE id = … AND conditions RETURNING returning``.
+
+    ``conditions`` is a list of (sql, params). Returns the RETURNING row, or None when no row
+    matched (the caller's expectation was stale). ``operation_id=None`` with ``many=True``
+    updates every matching row and returns all of them.
+    """
+    sets, params = [], []
+    for name, value in assignments.items():
+        sql, values = _assignment(name, value)
+        sets.append(sql)
+        params += values
+    where, where_params = [], []
+    if operation_id is not None:
+        where.append(f"{_q('id')} = %s")
+        where_params.append(operation_id)
+    for sql, values in conditions:
+        where.append(sql)
+        where_params += list(values)
+    sql = (
+        f"UPDATE {_table()} SET {', '.join(sets)} WHERE {' AND '.join(where) or '1 = 1'} "
+        f"RETURNING {', '.join(_q(c) for c in returning)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + where_params)
+        rows = cursor.fetchall()
+    if many:
+        return rows
+    return rows[0] if rows else None
+
+
+def load_json(value):
+    """JSON columns come back from raw SQL as text on both backends."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode()
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,93 @@
+"""The catalogue of operation kinds: what can be started, with which parameters, and how it undoes.
+
+Kinds register themselves (``register_kind``) from modules that the app imports when Django
+starts — the built-ins in ``operations.kinds``, an ``operation_kinds`` module of any installed
+app, and the modules listed in ``settings.TAP_KIND_MODULES`` — so web, worker and beat processes
+all know the same kinds. The engine never imports a kind.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import import_module
+from typing import Any, Callable
+
+from django import forms
+from django.conf import settings
+from django.utils.module_loading import autodiscover_modules
+
+
+class UnknownKind(LookupError):
+    pass
+
+
+class KindForm(forms.Form):
+    """Base form of a kind's parameters; ``params()`` gives the JSON stored on the operation."""
+
+    def params(self):
+        """Cleaned values as JSON; an optional field left empty takes its ``initial`` default."""
+        return {
+            name: _jsonable(self.fields[name].initial if value in (None, "") else value)
+            for name, value in self.cleaned_data.items()
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    label: str
+    form: type[KindForm]
+    #: params → a Celery chain (or list of signatures) of registered steps.
+    build: Callable[[dict], Any]
+    description: str = ""
+    #: operation → a note saying what was undone; runs in the cancel's transaction.
+    compensate: Callable[[Any], str] | None = None
+    #: Shown before a user confirms a cancel.
+    cancel_effect: str = "Nothing to undo: this operation writes no data."
+    #: At most this many unfinished operations of this kind (per user, or globally).
+    max_concurrent: int | None = None
+    concurrency_scope: str = "user"
+    pause_every: int = 1
+    #: "steps": progress counts finished steps; "custom": the steps report their own units.
+    progress: str = "steps"
+    progress_unit: str = "steps"
+    #: operation → rows of data it has stored right now (``operations count``).
+    count_rows: Callable[[Any], int] | None = None
+    #: (cleaned params, files) → params: e.g. stores an upload and records its path.
+    prepare: Callable[[dict, Any], dict] | None = None
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(kind):
+    if kind.concurrency_scope not in {"user", "global"}:
+        raise ValueError(f"kind {kind.name}: concurrency_scope must be 'user' or 'global'")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name):
+    try:
+        return KINDS[name]
+    except KeyError:
+        known = ", ".join(sorted(KINDS)) or "none"
+        raise UnknownKind(f"unknown operation kind '{name}'; known kinds: {known}") from None
+
+
+def all_kinds():
+    return [KINDS[name] for name in sorted(KINDS)]
+
+
+def autodiscover():
+    import_module("operations.kinds")
+    autodiscover_modules("operation_kinds")
+    for module in getattr(settings, "TAP_KIND_MODULES", []):
+        import_module(module)

@@ -1,0 +1,222 @@
+"""``manage.py operations VERB …`` — the command-line face (contract in DESIGN §5).
+
+Thin: parse, call a service or selector, print. Errors go to stderr with a non-zero exit code.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.files import File
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.utils.encoders import JSONEncoder
+
+from operations import selectors, services
+from operations.catalogue import all_kinds
+from operations.models import Operation
+from operations.serializers import OperationListSerializer, OperationSerializer
+from operations.states import ACTIVE, Status, label
+
+
+class Command(BaseCommand):
+    help = "Start, list, show, pause, resume, cancel and retry operations."
+
+    def add_arguments(self, parser):
+        verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+        verbs.add_parser("kinds", help="list the kinds of operation and their parameters")
+
+        start = verbs.add_parser("start", help="start an operation; prints its id")
+        start.add_argument("kind")
+        start.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+        start.add_argument("--file", help="a file for kinds that read one (csv_import, csv_summary)")
+        start.add_argument("--owner", metavar="USERNAME")
+        start.add_argument("--json", action="store_true")
+
+        listing = verbs.add_parser("list", help="list operations, newest first")
+        listing.add_argument("--status", choices=Status.values)
+        listing.add_argument("--json", action="store_true")
+
+        show = verbs.add_parser("show", help="show one operation")
+        show.add_argument("id", type=int)
+        show.add_argument("--json", action="store_true")
+        show.add_argument("--watch", action="store_true", help="draw a progress bar until it stops moving")
+
+        for verb in ("pause", "cancel"):
+            sub = verbs.add_parser(verb, help=f"{verb} an operation")
+            sub.add_argument("id", type=int)
+            sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
+            sub.add_argument("--timeout", type=float, default=120.0)
+        for verb in ("resume", "retry"):
+            verbs.add_parser(verb, help=f"{verb} an operation").add_argument("id", type=int)
+
+        count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
+        count.add_argument("id", type=int)
+
+        make_csv = verbs.add_parser("make-csv", help="write a deterministic demo CSV file")
+        make_csv.add_argument("path")
+        make_csv.add_argument("--rows", type=int, required=True)
+        make_csv.add_argument("--format", choices=["records", "people"], default="records")
+
+    def handle(self, *args, verb, **options):
+        handler = getattr(self, "do_" + verb.replace("-", "_"))
+        try:
+            handler(**options)
+        except (services.OperationError, Operation.DoesNotExist, ValueError) as exc:
+            if isinstance(exc, Operation.DoesNotExist):
+                exc = f"operation {options.get('id')} does not exist"
+            raise CommandError(str(exc)) from None
+
+    # --- verbs --------------------------------------------------------------------------------
+
+    def do_kinds(self, **options):
+        for kind in all_kinds():
+            self.stdout.write(self.style.SUCCESS(kind.name) + f"  {kind.label}")
+            if kind.description:
+                self.stdout.write(f"    {kind.description}")
+            for name, field in kind.form.base_fields.items():
+                default = f" (default {field.initial})" if field.initial not in (None, "") else ""
+                required = " (required)" if field.required else ""
+                self.stdout.write(f"    --param {name}=…{required}{default}  {field.help_text}")
+
+    def do_start(self, kind, param, file, owner, json, **options):
+        params = {}
+        for item in param:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise CommandError(f"--param {item!r}: expected NAME=VALUE")
+            params[name] = value
+        files = None
+        if file:
+            path = Path(file)
+            if not path.is_file():
+                raise CommandError(f"--file {file}: no such file")
+            files = {"file": File(path.open("rb"), name=path.name)}
+        owner_user = None
+        if owner:
+            owner_user = get_user_model().objects.filter(username=owner).first()
+            if owner_user is None:
+                raise CommandError(f"--owner {owner}: no such user")
+        try:
+            operation = services.operation_start(kind=kind, params=params, owner=owner_user,
+                                                 actor=services.CLI, files=files)
+        finally:
+            if files:
+                files["file"].close()
+        if json:
+            self._json(OperationSerializer(operation).data)
+        else:
+            self.stdout.write(str(operation.pk))
+
+    def do_list(self, status, json, **options):
+        operations = selectors.operation_list(status=status)
+        if json:
+            self._json(OperationListSerializer(operations, many=True).data)
+            return
+        self.stdout.write(f"{'ID':>6}  {'KIND':<14} {'STATUS':<17} {'PROGRESS':>14}  {'OWNER':<12} CREATED")
+        for op in operations.iterator():
+            total = "?" if op.progress_total is None else op.progress_total
+            self.stdout.write(
+                f"{op.pk:>6}  {op.kind:<14} {label(op.status):<17} {f'{op.progress_done}/{total}':>14}  "
+                f"{(op.owner.username if op.owner else '-'):<12} {op.created_at:%Y-%m-%d %H:%M:%S}"
+            )
+
+    def do_show(self, id, json, watch, **options):
+        if watch:
+            self._watch(id)
+        operation = selectors.operation_get(operation_id=id)
+        if json:
+            self._json(OperationSerializer(operation).data)
+            return
+        data = OperationSerializer(operation).data
+        self.stdout.write(f"Operation {operation.pk} · {operation.kind} · {data['status_label']}")
+        self.stdout.write(f"  owner:    {data['owner'] or '-'}")
+        self.stdout.write(f"  params:   {_dumps(data['params'])}")
+        self.stdout.write(f"  progress: {_bar(operation)}")
+        if operation.result is not None:
+            self.stdout.write(f"  result:   {_dumps(operation.result)}")
+        if operation.error:
+            self.stdout.write(f"  error:    {operation.error}")
+        self.stdout.write(f"  run:      {operation.run_token}   actions: {', '.join(data['actions']) or '-'}")
+        self.stdout.write("  events:")
+        for event in data["events"]:
+            self.stdout.write(f"    {event['at']}  {event['actor']:<10} {event['from_status'] or '-':>16} → "
+                              f"{event['to_status']:<16} {event['note']}")
+
+    def do_pause(self, id, wait, timeout, **options):
+        operation = services.operation_pause(operation=id, actor=services.CLI)
+        self._report(operation, "pause")
+        if wait:
+            self._wait(id, until=lambda s: s != Status.PAUSE_REQUESTED, timeout=timeout)
+
+    def do_cancel(self, id, wait, timeout, **options):
+        operation = services.operation_cancel(operation=id, actor=services.CLI)
+        self._report(operation, "cancel")
+        if wait:
+            self._wait(id, until=lambda s: s not in ACTIVE, timeout=timeout)
+
+    def do_resume(self, id, **options):
+        self._report(services.operation_resume(operation=id, actor=services.CLI), "resume")
+
+    def do_retry(self, id, **options):
+        self._report(services.operation_retry(operation=id, actor=services.CLI), "retry")
+
+    def do_count(self, id, **options):
+        operation = selectors.operation_get(operation_id=id)
+        count = selectors.operation_row_count(operation)
+        if count is None:
+            raise CommandError(f"operation {id} ({operation.kind}) stores no data rows")
+        self.stdout.write(str(count))
+
+    def do_make_csv(self, path, rows, format, **options):
+        from operations.demo_files import write_demo_csv
+
+        written = write_demo_csv(path, rows=rows, fmt=format)
+        self.stdout.write(f"wrote {rows} rows ({format}) to {written}")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _json(self, data):
+        self.stdout.write(json.dumps(data, cls=JSONEncoder, indent=2))
+
+    def _report(self, operation, verb):
+        self.stdout.write(f"operation {operation.pk}: {label(operation.status)}")
+
+    def _wait(self, id, until, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            status = Operation.objects.filter(pk=id).values_list("status", flat=True).get()
+            if until(status):
+                self.stdout.write(f"operation {id}: {label(status)}")
+                return
+            if time.monotonic() > deadline:
+                raise CommandError(f"operation {id} is still {label(status).lower()} after {timeout:g}s")
+            time.sleep(0.2)
+
+    def _watch(self, id):
+        """Redraw one progress line until the operation leaves the active statuses."""
+        tty = sys.stdout.isatty()
+        while True:
+            operation = selectors.operation_get(operation_id=id)
+            line = f"#{operation.pk} {operation.kind:<12} {_bar(operation)}  {label(operation.status)}"
+            self.stdout.write(("\r" + line.ljust(100)) if tty else line, ending="" if tty else "\n")
+            self.stdout.flush()
+            if operation.status not in ACTIVE:
+                if tty:
+                    self.stdout.write("")
+                return
+            time.sleep(0.5)
+
+
+def _bar(operation, width=30):
+    total = operation.progress_total
+    if not total:
+        return f"{operation.progress_done} done"
+    filled = int(width * min(operation.progress_done, total) / total)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {operation.progress_done}/{total} ({operation.percent}%)"
+
+
+def _dumps(value):
+    return json.dumps(value, cls=JSONEncoder)

@@ -1,0 +1,138 @@
+"""The control bus: one ``Operation`` row per operation is the single source of truth.
+
+Its status, progress and remaining workflow live here; the broker only rings the doorbell.
+Every status change goes through ``operations.services`` (one conditional UPDATE each).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .states import Status
+
+
+class Operation(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="operations", help_text="Who started it; they may pause, resume and cancel it.",
+    )
+    kind = models.CharField(max_length=64, help_text="Name of the operation type in the catalogue.")
+    params = models.JSONField(default=dict, blank=True, help_text="Validated parameters of the kind.")
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.RUNNING)
+    previous_status = models.CharField(
+        max_length=32, choices=Status.choices, blank=True,
+        help_text="Status before the last transition (set by the same UPDATE).",
+    )
+    run_token = models.PositiveIntegerField(
+        default=1, help_text="Fencing token: +1 at every dispatch; a step carrying an older one does nothing.",
+    )
+    fence = models.PositiveBigIntegerField(
+        default=0, help_text="Write sequence: +1 at every step advance and checkpoint.",
+    )
+    workflow = models.JSONField(
+        default=dict, blank=True,
+        help_text="The plan: the steps as signature-style dicts, written once at start.",
+    )
+    step_index = models.PositiveIntegerField(
+        default=0, help_text="Index in the plan of the next step to run (the head of the remaining workflow).",
+    )
+    carry = models.JSONField(null=True, blank=True, help_text="The value carried into the next step.")
+    checkpoint = models.JSONField(
+        null=True, blank=True, help_text="In-step cursor of the step at the head, for long iterative steps.",
+    )
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="What failed, and where.")
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life from a worker (or of the last dispatch).",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="op_owner_created"),
+            models.Index(fields=["status", "heartbeat_at"], name="op_status_heartbeat"),
+            models.Index(fields=["-created_at"], name="op_created"),
+            models.Index(fields=["kind", "status"], name="op_kind_status"),
+        ]
+        permissions = [
+            ("pause_operation", "Can pause operations"),
+            ("resume_operation", "Can resume operations"),
+            ("cancel_operation", "Can cancel operations"),
+            ("retry_operation", "Can retry operations"),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.kind} ({self.status})"
+
+    @property
+    def steps(self):
+        return (self.workflow or {}).get("steps", [])
+
+    @property
+    def percent(self):
+        if not self.progress_total:
+            return 100 if self.status == Status.COMPLETED else 0
+        return min(100, int(100 * self.progress_done / self.progress_total))
+
+
+class OperationEvent(models.Model):
+    """Append-only history of an operation: every transition, with who did it."""
+
+    operation = models.ForeignKey(Operation, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=150, help_text="A username, or worker / cli / api / beat.")
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+    )
+    via = models.CharField(max_length=16, blank=True, help_text="web, admin, api, cli, worker or beat.")
+    from_status = models.CharField(max_length=32, blank=True)
+    to_status = models.CharField(max_length=32, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["operation", "at"], name="opevent_op_at")]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor}: {self.from_status or '—'} → {self.to_status}"
+
+
+class ConcurrencySlot(models.Model):
+    """One row per operation holding a ``max_concurrent`` slot; the unique key is the limit."""
+
+    kind = models.CharField(max_length=64)
+    scope = models.CharField(max_length=64, help_text='"global" or "user:<id>".')
+    slot = models.PositiveIntegerField()
+    operation = models.OneToOneField(Operation, on_delete=models.CASCADE, related_name="slot")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "scope", "slot"], name="one_operation_per_slot"),
+        ]
+
+
+class Record(models.Model):
+    """A data row written by an operation (CSV import, bulk insert); cancel removes its rows."""
+
+    operation = models.ForeignKey(
+        Operation, on_delete=models.CASCADE, related_name="records", db_index=False,
+    )
+    line = models.PositiveBigIntegerField(help_text="Source line (CSV) or sequence number (bulk insert).")
+    external_id = models.BigIntegerField()
+    name = models.CharField(max_length=200)
+    email = models.CharField(max_length=254)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    date = models.DateField()
+
+    class Meta:
+        constraints = [
+            # One row per source line per operation: a replayed chunk can never double a row.
+            # Its leading column also serves the per-operation counts and deletes.
+            models.UniqueConstraint(fields=["operation", "line"], name="record_operation_line"),
+        ]

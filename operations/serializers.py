@@ -1,0 +1,75 @@
+"""The JSON shape of an operation (contract): one serializer for the API and ``operations show --json``."""
+
+import datetime
+
+from rest_framework import serializers
+
+from . import selectors
+from .models import Operation, OperationEvent
+from .states import label
+
+
+class IsoDateTimeField(serializers.DateTimeField):
+    """ISO 8601 in UTC, always with microseconds (the contract), e.g. 2026-11-22T05:00:00.123456+00:00."""
+
+    def to_representation(self, value):
+        if value is None:
+            return None
+        return value.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+class EventSerializer(serializers.ModelSerializer):
+    at = IsoDateTimeField()
+
+    class Meta:
+        model = OperationEvent
+        fields = ["at", "actor", "via", "from_status", "to_status", "note"]
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField(source="progress_done")
+    total = serializers.IntegerField(source="progress_total", allow_null=True)
+    percent = serializers.IntegerField()
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    status_label = serializers.SerializerMethodField()
+    progress = ProgressSerializer(source="*", read_only=True)
+    created_at = IsoDateTimeField(read_only=True)
+    started_at = IsoDateTimeField(read_only=True)
+    finished_at = IsoDateTimeField(read_only=True)
+    updated_at = IsoDateTimeField(read_only=True)
+    heartbeat_at = IsoDateTimeField(read_only=True)
+    actions = serializers.SerializerMethodField()
+    remaining_workflow = serializers.SerializerMethodField()
+    events = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Operation
+        fields = [
+            "id", "kind", "status", "status_label", "owner", "params", "progress", "result", "error",
+            "run_token", "created_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
+            "actions", "remaining_workflow", "events",
+        ]
+        read_only_fields = fields
+
+    def get_status_label(self, operation) -> str:
+        return label(operation.status)
+
+    def get_actions(self, operation) -> list[str]:
+        return selectors.operation_actions(operation)
+
+    def get_remaining_workflow(self, operation) -> dict:
+        return selectors.remaining_workflow(operation)
+
+    def get_events(self, operation) -> list[dict]:
+        return EventSerializer(selectors.operation_events(operation=operation), many=True).data
+
+
+class OperationListSerializer(OperationSerializer):
+    """The list shows each operation without its history and plan (one query per page)."""
+
+    class Meta(OperationSerializer.Meta):
+        fields = [f for f in OperationSerializer.Meta.fields if f not in {"events", "remaining_workflow"}]
+        read_only_fields = fields

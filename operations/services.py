@@ -1,0 +1,502 @@
+"""Every write to an operation: start, the user verbs, and the worker's and beat's transitions.
+
+A state change is one conditional UPDATE (``operations.bus``) plus an ``OperationEvent`` row, in
+one transaction, with any dispatch on commit. Zero rows changed means the change is refused with
+a message that says why. Faces (admin, pages, API, CLI) and the engine call only these functions.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import bus
+from .catalogue import UnknownKind, get_kind
+from .models import ConcurrencySlot, Operation, OperationEvent
+from .states import (
+    ACTIVE, RELEASES_SLOT, TRANSITIONS, VERB_PAST, Status, refusal_message, transitions_for_verb,
+)
+from .workflow import WorkflowError, build_plan, validate_plan
+
+log = logging.getLogger("operations")
+
+RUN_STEP_TASK = "operations.run_step"
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class OperationError(Exception):
+    """An operation could not be started or changed; the message says why, for the user."""
+
+
+class OperationNotFound(OperationError):
+    pass
+
+
+class TransitionRefused(OperationError):
+    def __init__(self, message, *, operation_id=None, status=None):
+        super().__init__(message)
+        self.operation_id = operation_id
+        self.status = status
+
+
+class InvalidParams(OperationError):
+    """Bad parameters; ``errors`` maps each field (``__all__`` for the whole) to its messages."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__("; ".join(
+            (f"{name}: " if name != "__all__" else "") + " ".join(messages)
+            for name, messages in errors.items()
+        ))
+
+
+class ConcurrencyLimitReached(OperationError):
+    pass
+
+
+class Fenced(Exception):
+    """A worker's write found the row moved on (new run token, other fence, or not running)."""
+
+
+# --- actors -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changes an operation: a user (through a face) or the worker, beat or the CLI."""
+
+    name: str
+    via: str
+    user: object = None
+
+    @classmethod
+    def coerce(cls, who, via="web"):
+        if isinstance(who, Actor):
+            return who
+        if isinstance(who, str):
+            try:
+                return SYSTEM_ACTORS[who]
+            except KeyError:
+                raise ValueError(f"unknown actor {who!r}; a user or one of {sorted(SYSTEM_ACTORS)}") from None
+        return cls(name=who.get_username(), via=via, user=who)
+
+
+WORKER = Actor("worker", "worker")
+BEAT = Actor("beat", "beat")
+CLI = Actor("cli", "cli")
+SYSTEM_ACTORS = {"worker": WORKER, "beat": BEAT, "cli": CLI}
+
+
+# --- the building blocks ----------------------------------------------------------------------
+
+
+def _event(operation_id, actor, from_status, to_status, note=""):
+    OperationEvent.objects.create(
+        operation_id=operation_id, actor=actor.name, actor_user=actor.user, via=actor.via,
+        from_status=from_status or "", to_status=to_status or "", note=note,
+    )
+
+
+def _transition(operation_id, name, actor, *, token=None, note="", assignments=None,
+                returning=("previous_status",), record_event=True):
+    """Apply transition ``name`` if the row is in one of its source statuses; None if not.
+
+    Must run inside a transaction: the UPDATE, the slot release and the event commit together.
+    """
+    transition = TRANSITIONS[name]
+    now = timezone.now()
+    values = {"status": transition.target, "previous_status": bus.Raw(bus.column("status")),
+              "updated_at": now}
+    if transition.target in {Status.COMPLETED, Status.CANCELLED, Status.FAILED}:
+        values["finished_at"] = now
+    values.update(assignments or {})
+    conditions = [bus.in_statuses(transition.sources)]
+    if token is not None:
+        conditions.append((f"{bus.column('run_token')} = %s", [token]))
+    row = bus.update(operation_id, values, conditions, returning)
+    if row is None:
+        return None
+    if transition.target in RELEASES_SLOT:
+        ConcurrencySlot.objects.filter(operation_id=operation_id).delete()
+    if record_event:
+        _event(operation_id, actor, row[0], transition.target, note)
+    return row
+
+
+def dispatch_on_commit(operation_id, run_token, index, steps):
+    """Publish the message for step ``index`` once the transaction that made it due commits.
+
+    The message names only (operation, run token, step); the plan stays in the row. If the
+    publish fails, the row still says running and the reconciler notices the silence.
+    """
+    options = steps[index].get("options", {}) if index < len(steps) else {}
+    route = {key: options[key] for key in ("queue", "priority") if key in options}
+
+    def publish():
+        current_app.send_task(RUN_STEP_TASK, args=[operation_id, run_token, index], **route)
+
+    transaction.on_commit(publish, robust=True)
+
+
+def _acquire_slot(operation_id, kind, owner_id):
+    """Take one of the kind's ``max_concurrent`` slots; the unique key makes two takers impossible."""
+    if not kind.max_concurrent:
+        return
+    scope = "global" if kind.concurrency_scope == "global" else f"user:{owner_id}"
+    for slot in range(kind.max_concurrent):
+        try:
+            with transaction.atomic():
+                ConcurrencySlot.objects.create(kind=kind.name, scope=scope, slot=slot, operation_id=operation_id)
+            return
+        except IntegrityError:
+            continue
+    holders = list(ConcurrencySlot.objects.filter(kind=kind.name, scope=scope)
+                   .order_by("slot").values_list("operation_id", flat=True))
+    where = "at a time" if kind.concurrency_scope == "global" else "per user at a time"
+    held = ", ".join(str(h) for h in holders) or "another operation"
+    raise ConcurrencyLimitReached(
+        f"{kind.name} allows {kind.max_concurrent} unfinished operation(s) {where}; "
+        f"operation {held} holds the slot — wait for it to end, or cancel it"
+    )
+
+
+def _compensate(operation_id, kind_name):
+    """Run the kind's compensation (inside the cancel's transaction); return what it undid."""
+    try:
+        kind = get_kind(kind_name)
+    except UnknownKind:
+        return f"kind {kind_name} is no longer registered: nothing was compensated"
+    if kind.compensate is None:
+        return "nothing to undo"
+    return kind.compensate(Operation.objects.get(pk=operation_id)) or "compensation ran"
+
+
+def _cancel(operation_id, name, actor, *, token=None):
+    with transaction.atomic():
+        row = _transition(operation_id, name, actor, token=token, record_event=False,
+                          returning=("previous_status", "kind"))
+        if row is None:
+            return None
+        note = _compensate(operation_id, row[1])
+        _event(operation_id, actor, row[0], Status.CANCELLED, f"compensation: {note}")
+        return row
+
+
+def _refuse(operation_id, actor, verb, reason, *, record=False):
+    status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
+    if record:
+        with transaction.atomic():
+            _event(operation_id, actor, status, status, f"{verb} refused: {reason}")
+    raise TransitionRefused(
+        f"operation {operation_id} cannot be {VERB_PAST[verb]}: {reason}",
+        operation_id=operation_id, status=status,
+    )
+
+
+# --- start ------------------------------------------------------------------------------------
+
+
+def clean_params(kind, params, files=None):
+    """Validate ``params`` with the kind's form; raise InvalidParams naming each bad field."""
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise InvalidParams({"params": ["must be an object of parameter names to values"]})
+    form = kind.form(data=params, files=files)
+    errors = {}
+    unknown = sorted(set(params) - set(form.fields))
+    if unknown:
+        errors["__all__"] = [
+            f"unknown parameter(s) for {kind.name}: {', '.join(unknown)}; "
+            f"expected: {', '.join(form.fields) or 'none'}"
+        ]
+    if not form.is_valid():
+        for name, messages in form.errors.get_json_data().items():
+            errors.setdefault(name, []).extend(m["message"] for m in messages)
+    if errors:
+        raise InvalidParams(errors)
+    return form.params()
+
+
+def operation_start(*, kind, params=None, owner=None, actor, files=None):
+    """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit."""
+    actor = Actor.coerce(actor)
+    try:
+        spec = get_kind(kind)
+    except UnknownKind as exc:
+        raise InvalidParams({"kind": [str(exc)]}) from None
+    cleaned = clean_params(spec, params, files)
+    if spec.prepare is not None:
+        cleaned = spec.prepare(cleaned, files)
+    try:
+        plan = build_plan(spec.build(cleaned), pause_every=spec.pause_every)
+    except WorkflowError as exc:
+        raise InvalidParams({"__all__": [str(exc)]}) from None
+    now = timezone.now()
+    with transaction.atomic():
+        operation = Operation.objects.create(
+            owner=owner, kind=spec.name, params=cleaned, status=Status.RUNNING, workflow=plan,
+            run_token=1, progress_total=len(plan["steps"]) if spec.progress == "steps" else None,
+            created_at=now, started_at=now, heartbeat_at=now, updated_at=now,
+        )
+        _acquire_slot(operation.pk, spec, operation.owner_id)
+        _event(operation.pk, actor, "", Status.RUNNING, f"started with {len(plan['steps'])} step(s)")
+        dispatch_on_commit(operation.pk, operation.run_token, 0, plan["steps"])
+    return operation
+
+
+# --- the user verbs ---------------------------------------------------------------------------
+
+
+def operation_pause(*, operation, actor):
+    """Ask the worker to pause at the next pause point."""
+    return _apply_verb(operation, "pause", actor)
+
+
+def operation_resume(*, operation, actor):
+    """Resume a paused or interrupted operation (new run token), or withdraw a pending pause."""
+    return _apply_verb(operation, "resume", actor)
+
+
+def operation_cancel(*, operation, actor):
+    """Cancel: at the next pause point if running, at once (with compensation) otherwise."""
+    return _apply_verb(operation, "cancel", actor)
+
+
+def operation_retry(*, operation, actor):
+    """Resume a failed operation from the step that failed."""
+    return _apply_verb(operation, "retry", actor)
+
+
+def _apply_verb(operation, verb, actor):
+    actor = Actor.coerce(actor)
+    operation_id = getattr(operation, "pk", operation)
+    for _ in range(10):
+        status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
+        if status is None:
+            raise OperationNotFound(f"operation {operation_id} does not exist")
+        transition = next((t for t in transitions_for_verb(verb) if status in t.sources), None)
+        if transition is None:
+            raise TransitionRefused(refusal_message(operation_id, status, verb),
+                                    operation_id=operation_id, status=status)
+        if _VERB_HANDLERS[transition.name](operation_id, actor) is not None:
+            return Operation.objects.get(pk=operation_id)
+        # The status moved between the read and the conditional UPDATE: decide again.
+    raise TransitionRefused(f"operation {operation_id} kept changing state; try again",
+                            operation_id=operation_id)
+
+
+def _simple(name, note=""):
+    def handler(operation_id, actor):
+        with transaction.atomic():
+            return _transition(operation_id, name, actor, note=note)
+    return handler
+
+
+def _redispatch(name):
+    """resume / retry: check the stored plan, take a new run token, dispatch the head step."""
+
+    def handler(operation_id, actor):
+        verb = TRANSITIONS[name].verb
+        plan, kind_name, owner_id = (Operation.objects.filter(pk=operation_id)
+                                     .values_list("workflow", "kind", "owner_id").get())
+        try:
+            validate_plan(plan)
+            kind = get_kind(kind_name)
+        except (WorkflowError, UnknownKind) as exc:
+            _refuse(operation_id, actor, verb, str(exc), record=True)
+        with transaction.atomic():
+            row = _transition(
+                operation_id, name, actor,
+                assignments={"run_token": bus.Raw(f"{bus.column('run_token')} + 1"),
+                             "heartbeat_at": timezone.now(), "error": "", "finished_at": None},
+                returning=("previous_status", "run_token", "step_index"),
+                record_event=False,
+            )
+            if row is None:
+                return None
+            previous, token, index = row
+            if previous in RELEASES_SLOT:
+                _acquire_slot(operation_id, kind, owner_id)
+            _event(operation_id, actor, previous, Status.RUNNING,
+                   f"run {token} dispatched from step {index} of {len(plan['steps'])}")
+            dispatch_on_commit(operation_id, token, index, plan["steps"])
+            return row
+
+    return handler
+
+
+_VERB_HANDLERS = {
+    "pause": _simple("pause", "the worker pauses at the next pause point"),
+    "withdraw_pause": _simple("withdraw_pause", "pause withdrawn before it landed; the run continues"),
+    "resume": _redispatch("resume"),
+    "retry": _redispatch("retry"),
+    "request_cancel": _simple("request_cancel", "the worker cancels at the next pause point"),
+    "cancel_now": lambda operation_id, actor: _cancel(operation_id, "cancel_now", actor),
+}
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: str
+    step_index: int
+    fence: int
+    carry: object
+    checkpoint: object
+
+
+def step_claim(operation_id, run_token):
+    """Before a step: heartbeat and read status, position and cursor in one round trip.
+
+    None if the message is stale (another run token, or the operation is not active).
+    """
+    row = bus.update(
+        operation_id, {"heartbeat_at": timezone.now()},
+        [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
+        returning=("status", "step_index", "fence", "carry", "checkpoint"),
+    )
+    if row is None:
+        return None
+    status, index, fence, carry, checkpoint = row
+    return Claim(status, index, fence, bus.load_json(carry), bus.load_json(checkpoint))
+
+
+def _guarded(run_token, fence):
+    return [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token]),
+            (f"{bus.column('fence')} = %s", [fence])]
+
+
+def step_advance(operation_id, run_token, fence, index, carry, *, count_step):
+    """After a step: move the head past it with its result, in the step's transaction.
+
+    Raises Fenced (rolling the step's own writes back) if another run moved the row on.
+    Returns the row's status, so a pending pause or cancel is seen without another query.
+    """
+    now = timezone.now()
+    values = {"step_index": index + 1, "fence": bus.Raw(f"{bus.column('fence')} + 1"),
+              "carry": carry, "checkpoint": None, "heartbeat_at": now, "updated_at": now}
+    if count_step:
+        values["progress_done"] = index + 1
+    row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",))
+    if row is None:
+        raise Fenced(f"operation {operation_id}: step {index} lost its fence (run {run_token})")
+    return row[0]
+
+
+def step_checkpoint(operation_id, run_token, fence, state, *, done=None, total=None):
+    """Inside a long step: commit the cursor (with the chunk's writes) and report the status."""
+    now = timezone.now()
+    values = {"fence": bus.Raw(f"{bus.column('fence')} + 1"), "checkpoint": state,
+              "heartbeat_at": now, "updated_at": now}
+    if done is not None:
+        values["progress_done"] = done
+    if total is not None:
+        values["progress_total"] = total
+    row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",))
+    if row is None:
+        raise Fenced(f"operation {operation_id}: checkpoint lost its fence (run {run_token})")
+    return row[0]
+
+
+def operation_heartbeat(operation_id, run_token):
+    return bus.update(
+        operation_id, {"heartbeat_at": timezone.now()},
+        [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
+        returning=("id",),
+    ) is not None
+
+
+def operation_at_pause_point(operation_id, run_token, status, *, index, length, result=None, where=None):
+    """At a pause point: obey a pending pause or cancel, or complete after the last step.
+
+    Returns True when the chain stops here (paused, cancelled or completed).
+    """
+    if status == Status.PAUSE_REQUESTED:
+        if where is None:
+            where = ("after the last step; resume completes it" if index >= length
+                     else f"before step {index} of {length}")
+        with transaction.atomic():
+            return _transition(operation_id, "obey_pause", WORKER, token=run_token,
+                               note=f"paused {where}") is not None
+    if status == Status.CANCEL_REQUESTED:
+        return _cancel(operation_id, "obey_cancel", WORKER, token=run_token) is not None
+    if index >= length:
+        with transaction.atomic():
+            return _transition(
+                operation_id, "complete", WORKER, token=run_token,
+                assignments={"result": result,
+                             "progress_done": bus.Raw(f"COALESCE({bus.column('progress_total')}, {bus.column('progress_done')})")},
+                note=f"completed {length} step(s)",
+            ) is not None
+    return False
+
+
+def operation_fail(operation_id, run_token, error):
+    """A step failed after its retries: ``failed``, the step stays at the head (or cancel, if asked)."""
+    with transaction.atomic():
+        if _transition(operation_id, "fail", WORKER, token=run_token, note=error,
+                       assignments={"error": error}) is not None:
+            return True
+    return _cancel(operation_id, "obey_cancel", WORKER, token=run_token) is not None
+
+
+def operation_note(operation_id, note, actor=WORKER):
+    """An event that changes nothing (a retried step, a refused request): history only."""
+    status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
+    _event(operation_id, actor, status, status, note)
+
+
+# --- beat -------------------------------------------------------------------------------------
+
+
+def operations_reconcile(*, lease=None, redispatch=None):
+    """Mark active operations whose heartbeat is older than the lease ``interrupted``.
+
+    One UPDATE for all of them. With ``redispatch`` (setting TAP_RECONCILE_REDISPATCH) they are
+    resumed at once; otherwise a user resumes them. Returns the ids marked.
+    """
+    lease = settings.TAP_HEARTBEAT_LEASE if lease is None else lease
+    redispatch = settings.TAP_RECONCILE_REDISPATCH if redispatch is None else redispatch
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=lease)
+    heartbeat = Operation._meta.get_field("heartbeat_at").get_db_prep_save(cutoff, connection=bus.connection)
+    with transaction.atomic():
+        rows = bus.update(
+            None,
+            {"status": Status.INTERRUPTED, "previous_status": bus.Raw(bus.column("status")), "updated_at": now},
+            [bus.in_statuses(ACTIVE),
+             (f"({bus.column('heartbeat_at')} IS NULL OR {bus.column('heartbeat_at')} < %s)", [heartbeat])],
+            returning=("id", "previous_status"), many=True,
+        )
+        ids = [row[0] for row in rows]
+        ConcurrencySlot.objects.filter(operation_id__in=ids).delete()
+        OperationEvent.objects.bulk_create([
+            OperationEvent(operation_id=op_id, actor=BEAT.name, via=BEAT.via, from_status=previous,
+                           to_status=Status.INTERRUPTED,
+                           note=f"no heartbeat for {lease}s: the worker is gone or the message was lost")
+            for op_id, previous in rows
+        ])
+    if redispatch:
+        for op_id in ids:
+            try:
+                operation_resume(operation=op_id, actor=BEAT)
+            except OperationError as exc:
+                log.warning("reconciler could not resume operation %s: %s", op_id, exc)
+    return ids
+
+
+__all__ = [
+    "Actor", "CLI", "BEAT", "WORKER", "Claim", "ConcurrencyLimitReached", "Fenced", "InvalidParams",
+    "OperationError", "OperationNotFound", "TransitionRefused", "clean_params", "dispatch_on_commit",
+    "operation_at_pause_point", "operation_cancel", "operation_fail", "operation_heartbeat",
+    "operation_note", "operation_pause", "operation_resume", "operation_retry", "operation_start",
+    "operations_reconcile", "step_advance", "step_checkpoint", "step_claim",
+]

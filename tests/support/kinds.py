@@ -1,0 +1,116 @@
+"""Operation kinds that exist only for the tests: flaky steps, steps that write rows, a long loop.
+
+Loaded in every test process and test worker through ``TAP_KIND_MODULES`` (settings.test).
+"""
+
+import datetime
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from celery import chain
+from django import forms
+
+from operations.catalogue import Kind, KindForm, register_kind
+from operations.kinds.arithmetic import add
+from operations.models import Record
+from operations.workflow import step
+
+
+def write_rows(operation_id, lines):
+    Record.objects.bulk_create([
+        Record(operation_id=operation_id, line=line, external_id=line, name=f"row {line}",
+               email=f"row{line}@example.com", amount=Decimal("1.00"), date=datetime.date(2026, 1, 1))
+        for line in lines
+    ])
+
+
+def remove_rows(operation):
+    removed, _ = Record.objects.filter(operation_id=operation.pk).delete()
+    return f"removed {removed} record(s)"
+
+
+# --- flaky: a step that fails its first attempts ----------------------------------------------
+
+
+@step(name="tests.flaky", atomic=False)
+def flaky(x, counter, fail_times):
+    """Fails while the counter file says it has run at most ``fail_times`` times."""
+    path = Path(counter)
+    count = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(count))
+    if count <= fail_times:
+        raise RuntimeError(f"flaky failure number {count}")
+    return x * 10
+
+
+class FlakyForm(KindForm):
+    counter = forms.CharField()
+    fail_times = forms.IntegerField(min_value=0)
+    max_retries = forms.IntegerField(min_value=0)
+
+
+register_kind(Kind(
+    name="flaky", label="Flaky (tests)", form=FlakyForm,
+    build=lambda p: chain(
+        add.s(1, 1),
+        flaky.s(p["counter"], p["fail_times"]).set(max_retries=p["max_retries"], retry_delay=0),
+        add.s(1),
+    ),
+))
+
+
+# --- records: each step writes one row, in the step's transaction ------------------------------
+
+
+@step(name="tests.write_record", context=True)
+def write_record(ctx, carry, line, delay=0.0):
+    write_rows(ctx.operation_id, [line])
+    if delay:
+        time.sleep(delay)
+    return (carry or 0) + 1
+
+
+class RecordsForm(KindForm):
+    steps = forms.IntegerField(min_value=1, max_value=10000)
+    delay = forms.FloatField(required=False, initial=0.0)
+
+
+register_kind(Kind(
+    name="records", label="Records (tests)", form=RecordsForm,
+    build=lambda p: chain(
+        write_record.s(None, 0, delay=p["delay"]),
+        *[write_record.s(line, delay=p["delay"]) for line in range(1, p["steps"])],
+    ),
+    compensate=remove_rows,
+    cancel_effect="Removes every record this operation wrote.",
+))
+
+
+# --- looper: one long step with in-step checkpoints --------------------------------------------
+
+
+@step(name="tests.loop_in_chunks", context=True, atomic=False)
+def loop_in_chunks(ctx, total, chunk, delay=0.0):
+    position = (ctx.state or {}).get("next", 0)
+    while position < total:
+        upper = min(total, position + chunk)
+        with ctx.checkpoint({"next": upper}, done=upper, total=total):
+            write_rows(ctx.operation_id, range(position, upper))
+        position = upper
+        if delay:
+            time.sleep(delay)
+    return position
+
+
+class LooperForm(KindForm):
+    total = forms.IntegerField(min_value=1)
+    chunk = forms.IntegerField(min_value=1)
+    delay = forms.FloatField(required=False, initial=0.0)
+
+
+register_kind(Kind(
+    name="looper", label="Looper (tests)", form=LooperForm, progress="custom", progress_unit="rows",
+    build=lambda p: chain(loop_in_chunks.si(p["total"], p["chunk"], delay=p["delay"])),
+    compensate=remove_rows,
+))
