@@ -20,6 +20,21 @@ class UnknownKind(LookupError):
     pass
 
 
+class OperationError(Exception):
+    """An operation could not be started or changed; the message says why, for the user."""
+
+
+class InvalidParams(OperationError):
+    """Bad parameters; ``errors`` maps each field (``__all__`` for the whole) to its messages."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__("; ".join(
+            (f"{name}: " if name != "__all__" else "") + " ".join(messages)
+            for name, messages in errors.items()
+        ))
+
+
 class KindForm(forms.Form):
     """Base form of a kind's parameters; ``params()`` gives the JSON stored on the operation."""
 

@@ -155,75 +155,169 @@ class StepContext:
 # --- one step ---------------------------------------------------------------------------------
 
 
+class Run:
+    """What a message needs to know about its run: the plan (cached), and how to move on."""
+
+    def __init__(self, operation_id, run_token):
+        self.operation_id = operation_id
+        self.run_token = run_token
+        self.steps, self.pause_every, self.count_steps = _plan(operation_id, run_token)
+        self.length = len(self.steps)
+
+    def stop_here(self, status, index, result=None, where=None):
+        """At a pause point: obey a pending pause or cancel, or complete after the last step."""
+        return services.operation_at_pause_point(self.operation_id, self.run_token, status, index=index,
+                                                 length=self.length, result=result, where=where)
+
+    def advance(self, fence, index, result):
+        """Inside the step's transaction: move past step ``index``, then dispatch or stop."""
+        status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
+                                       count_step=self.count_steps)
+        following = index + 1
+        if following >= self.length or (
+                status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length)):
+            self.stop_here(status, following, result)
+        else:
+            services.dispatch_on_commit(self.operation_id, self.run_token, following, self.steps)
+
+
 def run_step(task, operation_id, run_token, index):
     """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale."""
     claim = services.step_claim(operation_id, run_token)
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return
-    steps, pause_every, count_steps = _plan(operation_id, run_token)
-    length = len(steps)
-    if (claim.status != Status.RUNNING and is_pause_point(index, pause_every, length)) or index >= length:
-        services.operation_at_pause_point(operation_id, run_token, claim.status, index=index,
-                                          length=length, result=claim.carry)
+    run = Run(operation_id, run_token)
+    if (claim.status != Status.RUNNING and is_pause_point(index, run.pause_every, run.length)) \
+            or index >= run.length:
+        run.stop_here(claim.status, index, claim.carry)
         return
-
-    entry = steps[index]
-    name = entry.get("task")
-    spec = STEPS.get(name)
+    entry = run.steps[index]
+    if "group" in entry:
+        _fan_out(run, index, entry["group"])
+        return
+    spec = _spec_or_fail(run, index, entry)
     if spec is None:
-        services.operation_fail(operation_id, run_token,
-                                f"step {index} names '{name}', which is not a registered operation step")
         return
     args, kwargs = step_arguments(index, entry, claim.carry)
     attempt = task.request.retries or 0
     ctx = StepContext(operation_id, run_token, index, claim.fence, claim.checkpoint, attempt)
     if spec.context:
         args.insert(0, ctx)
-
-    def advance(result):
-        status = services.step_advance(operation_id, run_token, ctx.fence, index, result,
-                                       count_step=count_steps)
-        following = index + 1
-        if following >= length or (status != Status.RUNNING and is_pause_point(following, pause_every, length)):
-            services.operation_at_pause_point(operation_id, run_token, status, index=following,
-                                              length=length, result=result)
-        else:
-            services.dispatch_on_commit(operation_id, run_token, following, steps)
-
     try:
         with heartbeat.beating(operation_id, run_token):
-            if spec.atomic:
+            hit, result = services.cache_get(spec, args, kwargs)
+            if spec.atomic and not hit:
                 with transaction.atomic():
-                    advance(spec.func(*args, **kwargs))
+                    result = spec.func(*args, **kwargs)
+                    services.cache_put(spec, args, kwargs, result)
+                    run.advance(ctx.fence, index, result)
             else:
-                result = spec.func(*args, **kwargs)
+                if not hit:
+                    result = spec.func(*args, **kwargs)
                 with transaction.atomic():
-                    advance(result)
+                    services.cache_put(spec, args, kwargs, result)
+                    run.advance(ctx.fence, index, result)
     except StopStep as stop:
-        services.operation_at_pause_point(operation_id, run_token, stop.status, index=index, length=length,
-                                          where=f"inside step {index} of {length}, at its last checkpoint")
+        run.stop_here(stop.status, index, where=f"inside step {index} of {run.length}, at its last checkpoint")
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
-        _failed(task, operation_id, run_token, index, name, spec, entry, attempt, exc)
+        _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index} ({spec.name})")
 
 
-def _failed(task, operation_id, run_token, index, name, spec, entry, attempt, exc):
+def _spec_or_fail(run, index, entry, where=None):
+    spec = STEPS.get(entry.get("task"))
+    if spec is None:
+        where = where or f"step {index}"
+        services.operation_fail(run.operation_id, run.run_token,
+                                f"{where} names '{entry.get('task')}', which is not a registered operation step")
+    return spec
+
+
+def _retry_or_fail(task, run, index, entry, spec, attempt, exc, where, before_retry=None):
     options = entry.get("options", {})
     max_retries = options.get("max_retries", spec.max_retries)
     delay = options.get("retry_delay", spec.retry_delay)
     what = f"{type(exc).__name__}: {exc}"
     if attempt < max_retries:
-        services.operation_note(
-            operation_id, f"step {index} ({name}) attempt {attempt + 1} of {max_retries + 1} failed: "
-                          f"{what}; retrying in {delay}s")
+        services.operation_note(run.operation_id, f"{where} attempt {attempt + 1} of {max_retries + 1} "
+                                                  f"failed: {what}; retrying in {delay}s")
+        if before_retry:
+            before_retry()
         raise task.retry(countdown=delay, max_retries=max_retries, exc=exc)
-    log.warning("operation %s: step %s (%s) failed: %s", operation_id, index, name, what,
-                exc_info=sys.exc_info())
-    services.operation_fail(
-        operation_id, run_token,
-        f"step {index} ({name}) failed after {attempt + 1} attempt(s): {what}")
+    log.warning("operation %s: %s failed: %s", run.operation_id, where, what, exc_info=sys.exc_info())
+    services.operation_fail(run.operation_id, run.run_token, f"{where} failed after {attempt + 1} attempt(s): {what}")
+
+
+# --- group steps ------------------------------------------------------------------------------
+
+
+def _fan_out(run, index, members):
+    """Start (or, after a resume, restart) the members of a group step that are not done yet."""
+    all_done = services.group_fan_out(run.operation_id, run.run_token, index, members,
+                                      count_members=not run.count_steps)
+    if all_done:  # every member came from the cache
+        _finish_group(run, index)
+
+
+def run_member(task, operation_id, run_token, index, member_index):
+    """Execute one member of group step ``index``; the last one to finish advances the step."""
+    claim = services.step_claim(operation_id, run_token)
+    if claim is None or claim.step_index != index:
+        _log_stale(operation_id, run_token, index, claim)
+        return
+    run = Run(operation_id, run_token)
+    if claim.status != Status.RUNNING:
+        _settle_group(run, index, claim.status)  # a pending pause or cancel holds this member
+        return
+    if not services.member_start(operation_id, run_token, index, member_index):
+        log.warning("operation %s: ignored member %s of step %s: it is not pending (a duplicate delivery)",
+                    operation_id, member_index, index)
+        return
+    entry = run.steps[index]["group"][member_index]
+    where = f"step {index} member {member_index}"
+    spec = _spec_or_fail(run, index, entry, where)
+    if spec is None:
+        return
+    args, kwargs = step_arguments(index, entry, claim.carry)
+    attempt = task.request.retries or 0
+    try:
+        with heartbeat.beating(operation_id, run_token):
+            hit, result = services.cache_get(spec, args, kwargs)
+            if not hit:
+                result = spec.func(*args, **kwargs)
+            status = services.member_finish(operation_id, run_token, index, member_index, result,
+                                            spec=spec, args=args, kwargs=kwargs, cached=hit,
+                                            count_members=not run.count_steps)
+    except services.Fenced as exc:
+        log.warning("%s: this member's result was discarded", exc)
+        return
+    except Exception as exc:
+        _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"{where} ({spec.name})",
+                       before_retry=lambda: services.member_reset(operation_id, index, member_index))
+        return
+    _settle_group(run, index, status)
+
+
+def _settle_group(run, index, status):
+    """Advance the group step once every member is done; obey a pause once none is running."""
+    remaining, started = services.group_progress(run.operation_id, index)
+    if remaining == 0:
+        _finish_group(run, index)
+    elif status != Status.RUNNING and started == 0:
+        run.stop_here(status, index, where=f"in group step {index}, with {remaining} member(s) not started")
+
+
+def _finish_group(run, index):
+    claim = services.step_claim(run.operation_id, run.run_token)
+    if claim is None or claim.step_index != index:
+        return  # another member finished the group first
+    try:
+        with transaction.atomic():
+            run.advance(claim.fence, index, services.group_results(run.operation_id, index))
+    except services.Fenced:
+        pass  # another member advanced it between our read and our write
 
 
 def _log_stale(operation_id, run_token, index, claim):

@@ -117,22 +117,68 @@ class ConcurrencySlot(models.Model):
         ]
 
 
-class Record(models.Model):
-    """A data row written by an operation (CSV import, bulk insert); cancel removes its rows."""
+class RecordFields(models.Model):
+    """The columns of a data row: those of the demo CSV (id, name, email, amount, date)."""
 
-    operation = models.ForeignKey(
-        Operation, on_delete=models.CASCADE, related_name="records", db_index=False,
-    )
-    line = models.PositiveBigIntegerField(help_text="Source line (CSV) or sequence number (bulk insert).")
-    external_id = models.BigIntegerField()
+    operation = models.ForeignKey(Operation, on_delete=models.CASCADE, related_name="+", db_index=False)
+    external_id = models.BigIntegerField(help_text="The row's id in its source (CSV column id).")
     name = models.CharField(max_length=200)
     email = models.CharField(max_length=254)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     date = models.DateField()
 
+    COLUMNS = ("operation_id", "external_id", "name", "email", "amount", "date")
+
+    class Meta:
+        abstract = True
+
+
+class Record(RecordFields):
+    """A data row an operation stored (CSV import, bulk insert); cancel removes its rows.
+
+    The primary key (operation, external id) is the only index: it makes a replayed chunk or a
+    duplicate id in a file impossible to store twice, and serves per-operation counts and deletes.
+    """
+
+    pk = models.CompositePrimaryKey("operation", "external_id")
+
+
+class StagedRecord(RecordFields):
+    """Rows of an all-or-none insert, committed chunk by chunk but not yet published as records."""
+
+    pk = models.CompositePrimaryKey("operation", "external_id")
+
+
+class StepMember(models.Model):
+    """One member of a group step (e.g. one task of a batch): run in parallel, counted on the row."""
+
+    class State(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        STARTED = "STARTED", "Started"
+        SUCCESS = "SUCCESS", "Succeeded"
+        FAILURE = "FAILURE", "Failed"
+
+    operation = models.ForeignKey(Operation, on_delete=models.CASCADE, related_name="members", db_index=False)
+    step_index = models.PositiveIntegerField()
+    member_index = models.PositiveIntegerField()
+    task_id = models.UUIDField(unique=True, help_text="The id clients use at /tasks/<id>.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    result = models.JSONField(null=True, blank=True)
+    cached = models.BooleanField(default=False, help_text="The result came from the step cache.")
+    error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         constraints = [
-            # One row per source line per operation: a replayed chunk can never double a row.
-            # Its leading column also serves the per-operation counts and deletes.
-            models.UniqueConstraint(fields=["operation", "line"], name="record_operation_line"),
+            models.UniqueConstraint(fields=["operation", "step_index", "member_index"], name="one_member_per_slot"),
         ]
+
+
+class StepCache(models.Model):
+    """Results of steps registered with ``cache=True``, keyed by the task and its inputs."""
+
+    key = models.CharField(max_length=64, unique=True, help_text="sha256 of the task name and arguments.")
+    task = models.CharField(max_length=200)
+    arguments = models.JSONField()
+    result = models.JSONField(null=True)
+    created_at = models.DateTimeField(default=timezone.now)

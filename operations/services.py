@@ -15,23 +15,23 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import bus
-from .catalogue import UnknownKind, get_kind
-from .models import ConcurrencySlot, Operation, OperationEvent
+from .catalogue import InvalidParams, OperationError, UnknownKind, get_kind
+from .models import ConcurrencySlot, Operation, OperationEvent, StepCache, StepMember
 from .states import (
     ACTIVE, RELEASES_SLOT, TRANSITIONS, VERB_PAST, Status, refusal_message, transitions_for_verb,
 )
-from .workflow import WorkflowError, build_plan, validate_plan
+from .workflow import WorkflowError, build_plan, cache_key, member_task_id, step_arguments, validate_plan
 
 log = logging.getLogger("operations")
 
 RUN_STEP_TASK = "operations.run_step"
+RUN_MEMBER_TASK = "operations.run_member"
 
 
 # --- errors -----------------------------------------------------------------------------------
 
 
-class OperationError(Exception):
-    """An operation could not be started or changed; the message says why, for the user."""
+# OperationError and InvalidParams live in the catalogue (kinds raise them while preparing).
 
 
 class OperationNotFound(OperationError):
@@ -43,17 +43,6 @@ class TransitionRefused(OperationError):
         super().__init__(message)
         self.operation_id = operation_id
         self.status = status
-
-
-class InvalidParams(OperationError):
-    """Bad parameters; ``errors`` maps each field (``__all__`` for the whole) to its messages."""
-
-    def __init__(self, errors):
-        self.errors = errors
-        super().__init__("; ".join(
-            (f"{name}: " if name != "__all__" else "") + " ".join(messages)
-            for name, messages in errors.items()
-        ))
 
 
 class ConcurrencyLimitReached(OperationError):
@@ -135,13 +124,17 @@ def dispatch_on_commit(operation_id, run_token, index, steps):
     The message names only (operation, run token, step); the plan stays in the row. If the
     publish fails, the row still says running and the reconciler notices the silence.
     """
-    options = steps[index].get("options", {}) if index < len(steps) else {}
-    route = {key: options[key] for key in ("queue", "priority") if key in options}
+    route = _route(steps[index]) if index < len(steps) else {}
 
     def publish():
         current_app.send_task(RUN_STEP_TASK, args=[operation_id, run_token, index], **route)
 
     transaction.on_commit(publish, robust=True)
+
+
+def _route(entry):
+    options = entry.get("options", {})
+    return {key: options[key] for key in ("queue", "priority") if key in options}
 
 
 def _acquire_slot(operation_id, kind, owner_id):
@@ -224,27 +217,33 @@ def clean_params(kind, params, files=None):
 
 
 def operation_start(*, kind, params=None, owner=None, actor, files=None):
-    """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit."""
+    """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit.
+
+    The concurrency slot is taken before the kind prepares its input (e.g. stores an upload), so
+    a refused start leaves nothing behind; any error rolls the whole start back.
+    """
     actor = Actor.coerce(actor)
     try:
         spec = get_kind(kind)
     except UnknownKind as exc:
         raise InvalidParams({"kind": [str(exc)]}) from None
     cleaned = clean_params(spec, params, files)
-    if spec.prepare is not None:
-        cleaned = spec.prepare(cleaned, files)
-    try:
-        plan = build_plan(spec.build(cleaned), pause_every=spec.pause_every)
-    except WorkflowError as exc:
-        raise InvalidParams({"__all__": [str(exc)]}) from None
     now = timezone.now()
     with transaction.atomic():
         operation = Operation.objects.create(
-            owner=owner, kind=spec.name, params=cleaned, status=Status.RUNNING, workflow=plan,
-            run_token=1, progress_total=len(plan["steps"]) if spec.progress == "steps" else None,
+            owner=owner, kind=spec.name, status=Status.RUNNING, run_token=1,
             created_at=now, started_at=now, heartbeat_at=now, updated_at=now,
         )
         _acquire_slot(operation.pk, spec, operation.owner_id)
+        if spec.prepare is not None:
+            cleaned = spec.prepare(cleaned, files)
+        try:
+            plan = build_plan(spec.build(cleaned), pause_every=spec.pause_every)
+        except WorkflowError as exc:
+            raise InvalidParams({"__all__": [str(exc)]}) from None
+        operation.params, operation.workflow = cleaned, plan
+        operation.progress_total = len(plan["steps"]) if spec.progress == "steps" else None
+        operation.save(update_fields=["params", "workflow", "progress_total"])
         _event(operation.pk, actor, "", Status.RUNNING, f"started with {len(plan['steps'])} step(s)")
         dispatch_on_commit(operation.pk, operation.run_token, 0, plan["steps"])
     return operation
@@ -452,6 +451,134 @@ def operation_note(operation_id, note, actor=WORKER):
     """An event that changes nothing (a retried step, a refused request): history only."""
     status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
     _event(operation_id, actor, status, status, note)
+
+
+# --- the step cache ---------------------------------------------------------------------------
+
+
+def cache_get(spec, args, kwargs):
+    """(True, result) if a cached step has run with these arguments before, else (False, None)."""
+    if not spec.cache:
+        return False, None
+    row = StepCache.objects.filter(key=cache_key(spec, args, kwargs)).values_list("result").first()
+    return (False, None) if row is None else (True, row[0])
+
+
+def cache_put(spec, args, kwargs, result):
+    if spec.cache:
+        StepCache.objects.bulk_create(
+            [StepCache(key=cache_key(spec, args, kwargs), task=spec.name,
+                       arguments={"args": args, "kwargs": kwargs}, result=result)],
+            ignore_conflicts=True,
+        )
+
+
+# --- group steps ------------------------------------------------------------------------------
+
+
+def group_fan_out(operation_id, run_token, index, members, *, count_members):
+    """Create (or reset) the members of group step ``index`` and dispatch those not done.
+
+    Members whose result is cached are done at once, without a message. Members an earlier run
+    left started are pending again (that run's writes are fenced off by its token). Returns True
+    when every member is already done.
+    """
+    from .workflow import STEPS
+
+    with transaction.atomic():
+        carry = bus.load_json(Operation.objects.filter(pk=operation_id).values_list("carry", flat=True).get())
+        known = set(StepMember.objects.filter(operation_id=operation_id, step_index=index)
+                    .values_list("member_index", flat=True))
+        StepMember.objects.bulk_create([
+            StepMember(operation_id=operation_id, step_index=index, member_index=i,
+                       task_id=member_task_id(operation_id, index, i))
+            for i in range(len(members)) if i not in known
+        ])
+        not_done = StepMember.objects.filter(operation_id=operation_id, step_index=index).exclude(
+            state=StepMember.State.SUCCESS)
+        not_done.update(state=StepMember.State.PENDING, error="")
+        now = timezone.now()
+        to_dispatch = []
+        for member_index, task_id in not_done.values_list("member_index", "task_id"):
+            entry = members[member_index]
+            spec = STEPS.get(entry["task"])
+            args, kwargs = step_arguments(index, entry, carry)
+            hit, result = cache_get(spec, args, kwargs) if spec else (False, None)
+            if hit:
+                StepMember.objects.filter(operation_id=operation_id, step_index=index, member_index=member_index
+                                          ).update(state=StepMember.State.SUCCESS, result=result, cached=True,
+                                                   finished_at=now)
+            else:
+                to_dispatch.append((member_index, task_id, entry))
+        done = len(members) - len(to_dispatch)
+        values = {"heartbeat_at": now, "updated_at": now}
+        if count_members:
+            values.update(progress_done=done, progress_total=len(members))
+        if bus.update(operation_id, values, [bus.in_statuses(ACTIVE),
+                                             (f"{bus.column('run_token')} = %s", [run_token])]) is None:
+            raise Fenced(f"operation {operation_id}: group step {index} lost its run {run_token}")
+        for member_index, task_id, entry in to_dispatch:
+            _dispatch_member_on_commit(operation_id, run_token, index, member_index, task_id, entry)
+    return not to_dispatch
+
+
+def _dispatch_member_on_commit(operation_id, run_token, index, member_index, task_id, entry):
+    def publish():
+        current_app.send_task(RUN_MEMBER_TASK, args=[operation_id, run_token, index, member_index],
+                              task_id=str(task_id), **_route(entry))
+
+    transaction.on_commit(publish, robust=True)
+
+
+def _member(operation_id, index, member_index):
+    return StepMember.objects.filter(operation_id=operation_id, step_index=index, member_index=member_index)
+
+
+def member_start(operation_id, run_token, index, member_index):
+    """PENDING → STARTED, only while the operation runs on this token; False for a duplicate."""
+    return _member(operation_id, index, member_index).filter(
+        state=StepMember.State.PENDING, operation__run_token=run_token, operation__status=Status.RUNNING,
+    ).update(state=StepMember.State.STARTED) == 1
+
+
+def member_reset(operation_id, index, member_index):
+    """STARTED → PENDING before a retry of the member."""
+    _member(operation_id, index, member_index).filter(state=StepMember.State.STARTED).update(
+        state=StepMember.State.PENDING)
+
+
+def member_finish(operation_id, run_token, index, member_index, result, *, spec, args, kwargs, cached,
+                  count_members):
+    """Record a member's result and count it on the operation row, in one transaction."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not _member(operation_id, index, member_index).filter(state=StepMember.State.STARTED).update(
+                state=StepMember.State.SUCCESS, result=result, cached=cached, finished_at=now):
+            raise Fenced(f"operation {operation_id}: member {member_index} of step {index} is no longer started")
+        values = {"heartbeat_at": now, "updated_at": now}
+        if count_members:
+            values["progress_done"] = bus.Raw(f"{bus.column('progress_done')} + 1")
+        row = bus.update(operation_id, values, [bus.in_statuses(ACTIVE),
+                                                (f"{bus.column('run_token')} = %s", [run_token])],
+                         returning=("status",))
+        if row is None:
+            raise Fenced(f"operation {operation_id}: member {member_index} of step {index} lost its run {run_token}")
+        if not cached:
+            cache_put(spec, args, kwargs, result)
+        return row[0]
+
+
+def group_progress(operation_id, index):
+    """(members not done, members started) of group step ``index``."""
+    members = StepMember.objects.filter(operation_id=operation_id, step_index=index)
+    remaining = members.exclude(state=StepMember.State.SUCCESS).count()
+    started = members.filter(state=StepMember.State.STARTED).count() if remaining else 0
+    return remaining, started
+
+
+def group_results(operation_id, index):
+    return list(StepMember.objects.filter(operation_id=operation_id, step_index=index)
+                .order_by("member_index").values_list("result", flat=True))
 
 
 # --- beat -------------------------------------------------------------------------------------

@@ -14,6 +14,12 @@ def run_step(self, operation_id, run_token, index):
     engine.run_step(self, operation_id, run_token, index)
 
 
+@shared_task(name="operations.run_member", bind=True, ignore_result=True, acks_late=True)
+def run_member(self, operation_id, run_token, index, member_index):
+    """One member of a group step (e.g. one task of a batch), run in parallel with the others."""
+    engine.run_member(self, operation_id, run_token, index, member_index)
+
+
 @shared_task(name="operations.reconcile", ignore_result=True)
 def reconcile():
     """Beat: operations whose worker went silent for longer than the lease become interrupted."""

@@ -12,18 +12,22 @@ be rebuilt from that JSON (the allowlist), and their arguments must fit their fu
     chain(add.s(4, 6), add.s(3))   # a pause point at every step boundary (pause_every=1)
 """
 
+import hashlib
 import inspect
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 from celery import shared_task
-from celery.canvas import Signature, _chain
+from celery.canvas import Signature, _chain, chord, group
 
 PLAN_VERSION = 1
 #: Signature options a plan keeps; anything else in a stored step is refused.
 STEP_OPTIONS = frozenset({"queue", "priority", "max_retries", "retry_delay"})
 STEP_KEYS = frozenset({"task", "args", "kwargs", "options", "immutable"})
+#: Most members one group step may have.
+MAX_GROUP_MEMBERS = 10_000
 
 
 class WorkflowError(ValueError):
@@ -40,6 +44,10 @@ class StepSpec:
     context: bool
     max_retries: int
     retry_delay: float
+    #: A pure step whose result depends only on its arguments: computed once, then reused.
+    cache: bool = False
+    #: Keyword arguments that do not change the result (e.g. how long to take): not in the key.
+    cache_exclude: tuple = ()
 
 
 #: The allowlist: task name → step. Filled by :func:`step` at import time.
@@ -47,19 +55,24 @@ STEPS: dict[str, StepSpec] = {}
 
 
 def step(func=None, *, name=None, atomic=True, context=False, max_retries=0, retry_delay=1.0,
-         **task_options):
+         cache=False, cache_exclude=(), **task_options):
     """Register ``func`` as an operation step; it stays a plain Celery task of the same name.
 
     ``atomic`` (default) runs the body in the same transaction as the engine's advance, so a
     step's own writes and its progress commit together or not at all; pure steps set it False.
     ``context=True`` passes a StepContext first, for in-step checkpoints of long loops.
+    ``cache=True`` (pure steps) stores results by task and arguments; a later call with the same
+    inputs — in any operation — returns the stored result without running the body.
     """
 
     def register(func):
         task_name = name or f"{func.__module__}.{func.__name__}"
         if task_name.startswith("celery."):
             raise WorkflowError(f"'{task_name}': the celery.* namespace is reserved for Celery")
-        STEPS[task_name] = StepSpec(task_name, func, atomic, context, max_retries, retry_delay)
+        if cache and context:
+            raise WorkflowError(f"'{task_name}': a cached step cannot take a context")
+        STEPS[task_name] = StepSpec(task_name, func, atomic, context, max_retries, retry_delay, cache,
+                                    tuple(cache_exclude))
         return shared_task(name=task_name, **task_options)(func)
 
     return register(func) if func is not None else register
@@ -75,21 +88,36 @@ def _signatures(workflow):
     raise WorkflowError(f"expected a Celery chain or a list of signatures, got {type(workflow).__name__}")
 
 
+def _entry(index, sig):
+    if not isinstance(sig, Signature) or isinstance(sig, (_chain, group, chord)) or sig.get("subtask_type"):
+        raise WorkflowError(f"step {index}: only task signatures and groups of them can be steps, not {sig!r}")
+    entry = {"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs)}
+    options = {k: v for k, v in (sig.options or {}).items() if k in STEP_OPTIONS}
+    if options:
+        entry["options"] = options
+    if sig.immutable:
+        entry["immutable"] = True
+    return entry
+
+
 def build_plan(workflow, *, pause_every=1):
-    """Turn a chain (or list of signatures) into the plan stored in ``Operation.workflow``."""
+    """Turn a chain (or list of signatures and groups) into the plan stored in ``Operation.workflow``.
+
+    A ``group`` becomes one step whose members run in parallel; its result is the list of theirs.
+    (A chain turns a group followed by a task into a chord: header and body become two steps.)
+    """
     if not isinstance(pause_every, int) or pause_every < 1:
         raise WorkflowError(f"pause_every must be a positive integer, got {pause_every!r}")
     steps = []
-    for index, sig in enumerate(_signatures(workflow)):
-        if not isinstance(sig, Signature) or isinstance(sig, _chain) or sig.get("subtask_type"):
-            raise WorkflowError(f"step {index}: only plain task signatures can be steps, not {sig!r}")
-        entry = {"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs)}
-        options = {k: v for k, v in (sig.options or {}).items() if k in STEP_OPTIONS}
-        if options:
-            entry["options"] = options
-        if sig.immutable:
-            entry["immutable"] = True
-        steps.append(entry)
+    for sig in _signatures(workflow):
+        parts = [sig.tasks, sig.body] if isinstance(sig, chord) else [sig]
+        for part in parts:
+            index = len(steps)
+            if isinstance(part, group) or isinstance(part, (list, tuple)):
+                members = part.tasks if isinstance(part, group) else part
+                steps.append({"group": [_entry(index, member) for member in members]})
+            else:
+                steps.append(_entry(index, part))
     plan = {"version": PLAN_VERSION, "pause_every": pause_every, "steps": steps}
     validate_plan(plan)
     return plan
@@ -107,24 +135,34 @@ def validate_plan(plan):
     if not plan["steps"]:
         raise WorkflowError("the workflow has no steps")
     for index, entry in enumerate(plan["steps"]):
-        validate_step(index, entry)
+        if isinstance(entry, dict) and "group" in entry:
+            members = entry["group"]
+            if set(entry) != {"group"} or not isinstance(members, list) or not members:
+                raise WorkflowError(f"step {index}: a group step is {{\"group\": [signature dicts]}}")
+            if len(members) > MAX_GROUP_MEMBERS:
+                raise WorkflowError(f"step {index}: {len(members)} members; at most {MAX_GROUP_MEMBERS}")
+            for member_index, member in enumerate(members):
+                validate_step(index, member, where=f"step {index} member {member_index}")
+        else:
+            validate_step(index, entry)
 
 
-def validate_step(index, entry):
+def validate_step(index, entry, where=None):
+    where = where or f"step {index}"
     if not isinstance(entry, dict):
-        raise WorkflowError(f"step {index} is not a signature dict: {entry!r}")
+        raise WorkflowError(f"{where} is not a signature dict: {entry!r}")
     task = entry.get("task")
-    where = f"step {index} ({task})"
+    if not isinstance(task, str):
+        raise WorkflowError(f"{where} names no task")
+    if task.startswith("celery."):
+        raise WorkflowError(f"{where} names '{task}', a Celery built-in task, not an operation step")
+    spec = STEPS.get(task)
+    if spec is None:
+        raise WorkflowError(f"{where} names '{task}', which is not a registered operation step")
+    where = f"{where} ({task})"
     unknown_keys = set(entry) - STEP_KEYS
     if unknown_keys:
         raise WorkflowError(f"{where} has unsupported keys: {', '.join(sorted(unknown_keys))}")
-    if not isinstance(task, str):
-        raise WorkflowError(f"step {index} names no task")
-    if task.startswith("celery."):
-        raise WorkflowError(f"step {index} names '{task}', a Celery built-in task, not an operation step")
-    spec = STEPS.get(task)
-    if spec is None:
-        raise WorkflowError(f"step {index} names '{task}', which is not a registered operation step")
     args, kwargs = entry.get("args", []), entry.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise WorkflowError(f"{where}: args must be a list and kwargs an object")
@@ -151,6 +189,21 @@ def step_arguments(index, entry, carry):
     if index > 0 and not entry.get("immutable"):
         args.insert(0, carry)
     return args, dict(entry.get("kwargs", {}))
+
+
+def cache_key(spec, args, kwargs):
+    """The step cache's key: the task and its inputs, canonically encoded."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in spec.cache_exclude}
+    canonical = json.dumps([spec.name, args, kwargs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+MEMBER_NAMESPACE = uuid.UUID("5b7f2d0e-6a4c-4f1e-9d3a-2c8b1e7f4a90")
+
+
+def member_task_id(operation_id, index, member_index):
+    """The id of a group member, known as soon as the operation exists (clients poll /tasks/<id>)."""
+    return uuid.uuid5(MEMBER_NAMESPACE, f"{operation_id}:{index}:{member_index}")
 
 
 def is_pause_point(index, plan_pause_every, length):

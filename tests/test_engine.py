@@ -232,7 +232,8 @@ def test_in_step_checkpoints_pause_within_one_chunk_and_resume_from_the_cursor(w
     services.operation_resume(operation=operation, actor="cli")
     done = wait_status(operation.pk, Status.COMPLETED)
     assert done.result == 3000
-    lines = list(Record.objects.filter(operation=operation).order_by("line").values_list("line", flat=True))
+    lines = list(Record.objects.filter(operation=operation).order_by("external_id")
+                 .values_list("external_id", flat=True))
     assert lines == list(range(3000))
 
 

@@ -68,11 +68,21 @@ def test_steps_cannot_claim_the_celery_namespace():
         step(name="celery.sneaky")(lambda: None)
 
 
-def test_only_plain_signatures_can_be_steps():
+def test_only_task_signatures_and_groups_can_be_steps():
+    with pytest.raises(WorkflowError, match="only task signatures and groups of them can be steps"):
+        build_plan([add.s(1, 2), chain(add.s(1, 2), add.s(3))])
+
+
+def test_a_group_is_one_step_whose_members_run_in_parallel():
     from celery import group
 
-    with pytest.raises(WorkflowError, match="only plain task signatures"):
-        build_plan([add.s(1, 2), group(add.s(1, 2), add.s(2, 3))])
+    plan = build_plan(chain(add.s(1, 2), group(mult.s(2), mult.s(3)), add.s(4, 5).set(immutable=True)))
+    assert [list(entry) for entry in plan["steps"]] == [["task", "args", "kwargs"], ["group"],
+                                                        ["task", "args", "kwargs", "immutable"]]
+    assert plan["steps"][1]["group"][1] == {"task": "operations.mult", "args": [3], "kwargs": {}}
+    plan["steps"][1]["group"][0]["task"] = "os.system"
+    with pytest.raises(WorkflowError, match="step 1 member 0 names 'os.system'"):
+        validate_plan(plan)
 
 
 # --- start and parameters ---------------------------------------------------------------------

@@ -225,5 +225,16 @@ TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 120)
 # Whether the reconciler re-dispatches interrupted operations by itself (else a user resumes).
 TAP_RECONCILE_REDISPATCH = env_bool("TAP_RECONCILE_REDISPATCH", False)
 TAP_RECONCILE_INTERVAL = env_int("TAP_RECONCILE_INTERVAL", 30)
+# CSV import / summary: server-side files live in TAP_CSV_DIR (the demo files too), uploads in
+# TAP_UPLOAD_DIR; a chunk of TAP_CSV_CHUNK_ROWS rows commits with its checkpoint.
+TAP_CSV_DIR = Path(env("TAP_CSV_DIR", VAR_DIR / "csv"))
+TAP_UPLOAD_DIR = Path(env("TAP_UPLOAD_DIR", VAR_DIR / "uploads"))
+TAP_CSV_CHUNK_ROWS = env_int("TAP_CSV_CHUNK_ROWS", 50_000)
+TAP_CSV_MAX_UPLOAD_MB = env_int("TAP_CSV_MAX_UPLOAD_MB", 200)
+TAP_CSV_IMPORT_MAX_CONCURRENT = env_int("TAP_CSV_IMPORT_MAX_CONCURRENT", 1)
+TAP_BULK_CHUNK_ROWS = env_int("TAP_BULK_CHUNK_ROWS", 10_000)
+# batch_sum: each task takes a random time in this range (seconds); tests set 0.
+TAP_BATCH_MIN_SECONDS = float(env("TAP_BATCH_MIN_SECONDS", "3"))
+TAP_BATCH_MAX_SECONDS = float(env("TAP_BATCH_MAX_SECONDS", "10"))
 # Extra modules that register operation kinds (besides each app's ``operation_kinds`` module).
 TAP_KIND_MODULES = env_list("TAP_KIND_MODULES")

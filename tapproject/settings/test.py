@@ -49,6 +49,7 @@ TAP_HEARTBEAT_LEASE = int(os.environ.get("TAP_HEARTBEAT_LEASE", "6"))
 # Kinds only the tests use (flaky steps, row-writing steps), and the docs/extending.md example.
 TAP_KIND_MODULES = ["tests.support.kinds", "docs.examples.publish"]
 TAP_RECONCILE_INTERVAL = 1
+TAP_BATCH_MIN_SECONDS = TAP_BATCH_MAX_SECONDS = 0.0
 
 from .base import STATIC_ROOT  # noqa: E402
 

@@ -19,7 +19,7 @@ from operations.workflow import step
 
 def write_rows(operation_id, lines):
     Record.objects.bulk_create([
-        Record(operation_id=operation_id, line=line, external_id=line, name=f"row {line}",
+        Record(operation_id=operation_id, external_id=line, name=f"row {line}",
                email=f"row{line}@example.com", amount=Decimal("1.00"), date=datetime.date(2026, 1, 1))
         for line in lines
     ])

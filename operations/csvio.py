@@ -1,0 +1,178 @@
+"""Streaming CSV files in chunks whose cursor is a byte offset and a line number.
+
+Memory stays flat whatever the file size: a chunk is at most ``chunk_rows`` records, read from
+the cursor of the last checkpoint. Every error names the file, the line and, where it applies,
+the column.
+"""
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .pacing import Pace
+
+#: A physical line longer than this is refused (no newline would otherwise mean no limit).
+MAX_LINE_BYTES = 1 << 20
+
+
+class CsvFileError(ValueError):
+    """What is wrong with a CSV file, and where: '<file>, line <n>, column <name>: <reason>'."""
+
+    def __init__(self, file, reason, *, line=None, column=None):
+        where = [str(file)]
+        if line is not None:
+            where.append(f"line {line}")
+        if column is not None:
+            where.append(f"column {column}")
+        super().__init__(f"{', '.join(where)}: {reason}")
+        self.file, self.line, self.column, self.reason = file, line, column, reason
+
+
+@dataclass
+class Chunk:
+    """Up to ``chunk_rows`` records: raw bytes (each ending in a newline) and their first lines."""
+
+    records: list
+    lines: list
+    next_offset: int
+    next_line: int
+    #: No record spans lines and none holds a quote: a chunk can go to COPY as it is.
+    plain: bool
+
+
+def start_state(path, header, display_name):
+    """Check the file before anything runs; return the cursor just after its header.
+
+    Refuses a missing file, an empty one, a wrong header and a file with no data rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CsvFileError(display_name, "no such file")
+    with open(path, "rb") as f:
+        first = f.readline(MAX_LINE_BYTES)
+        if not first.strip():
+            raise CsvFileError(display_name, "the file is empty" if not first else "line 1 is blank; expected a header",
+                               line=None if not first else 1)
+        try:
+            text = first.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CsvFileError(display_name, f"the header is not valid UTF-8 ({exc.reason})", line=1) from None
+        got = tuple(field.strip().lower() for field in next(csv.reader([text])))
+        if got != tuple(header):
+            raise CsvFileError(display_name, f"expected the header {','.join(header)}, got {','.join(got)}", line=1)
+        offset = f.tell()
+        data_lines = 0
+        ends_with_newline = True
+        while block := f.read(1 << 20):
+            data_lines += block.count(b"\n")
+            ends_with_newline = block.endswith(b"\n")
+        data_lines += 0 if ends_with_newline else 1
+    if data_lines == 0:
+        raise CsvFileError(display_name, "the file has a header but no data rows")
+    return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
+
+
+def read_chunk(f, line, chunk_rows, display_name):
+    """Read up to ``chunk_rows`` records from the current position of ``f`` (opened in binary).
+
+    Blank lines are skipped; a quoted field may span lines (the record keeps its first line).
+    """
+    records, lines = [], []
+    plain = True
+    readline = f.readline
+    while len(records) < chunk_rows:
+        raw = readline(MAX_LINE_BYTES)
+        if not raw:
+            break
+        start_line = line
+        line += 1
+        if len(raw) >= MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise CsvFileError(display_name, f"the line is longer than {MAX_LINE_BYTES} bytes", line=start_line)
+        if raw in (b"\n", b"\r\n"):
+            continue
+        if b'"' in raw:
+            plain = False
+            while raw.count(b'"') % 2:  # an open quote: the record continues on the next line
+                more = readline(MAX_LINE_BYTES)
+                if not more:
+                    raise CsvFileError(display_name, "a quoted field is not closed before the end of the file",
+                                       line=start_line)
+                raw += more
+                line += 1
+        if not raw.endswith(b"\n"):
+            raw += b"\n"
+        records.append(raw)
+        lines.append(start_line)
+    return Chunk(records, lines, f.tell(), line, plain)
+
+
+def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, **initial):
+    """Yield (chunk, cursor after it) from ``state`` (a checkpoint's cursor, or None) to the end.
+
+    The cursor holds the byte offset, the next line, the rows so far and the total (exact once
+    the end is reached); ``initial`` adds the caller's own fields on a first run.
+    """
+    state = state or {**start_state(path, header, display_name), **initial}
+    pace = Pace(rows_per_second)
+    with open(path, "rb") as f:
+        f.seek(state["offset"])
+        while True:
+            chunk = read_chunk(f, state["line"], chunk_rows, display_name)
+            if not chunk.records:
+                return
+            rows = state["rows"] + len(chunk.records)
+            at_end = len(chunk.records) < chunk_rows
+            state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows,
+                     "total": rows if at_end else max(state["total"], rows)}
+            yield chunk, state
+            if at_end:
+                return
+            pace(len(chunk.records))
+
+
+def parse(chunk, width, display_name, columns):
+    """Decode and split each record of a chunk: (line, [fields]). Checks UTF-8, NUL and the width."""
+    for raw, line in zip(chunk.records, chunk.lines):
+        if b"\x00" in raw:
+            raise CsvFileError(display_name, "contains a NUL byte", line=line)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CsvFileError(display_name, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
+                               line=line) from None
+        fields = next(csv.reader(io.StringIO(text)))
+        if len(fields) != width:
+            raise CsvFileError(display_name, f"expected {width} columns ({', '.join(columns)}), got {len(fields)}",
+                               line=line)
+        yield line, fields
+
+
+_COPY_CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
+
+
+def copy_error(exc, chunk, display_name, column_names, header):
+    """Turn a PostgreSQL COPY error into a CsvFileError naming the file's line and column."""
+    diag = getattr(exc, "diag", None)
+    context = (diag.context if diag else None) or ""
+    match = _COPY_CONTEXT.search(context)
+    line = column = None
+    if match:
+        index = int(match.group(1)) - 1
+        line = chunk.lines[index] if 0 <= index < len(chunk.lines) else None
+        column = column_names.get(match.group(2), match.group(2)) if match.group(2) else None
+    reason = (diag.message_primary if diag else None) or str(exc).splitlines()[0]
+    width = f"expected {len(header)} columns ({', '.join(header)})"
+    sqlstate = diag.sqlstate if diag else None
+    named = re.search(r'column "(\w+)"', reason)
+    if sqlstate == "23505":  # unique violation: the key repeats an earlier row
+        key = re.search(r"\)=\([^,]+, ([^)]+)\)", (diag.message_detail or "") if diag else "")
+        column, reason = "id", f"duplicate id {key.group(1) if key else '?'} (an earlier row has the same id)"
+    elif sqlstate == "23502":  # not null: an empty field
+        column, reason = column_names.get(diag.column_name, diag.column_name), "the value is empty"
+    elif reason.startswith("missing data for column") and named:
+        column, reason = None, f"{width}; the row ends before column {column_names.get(named.group(1), named.group(1))}"
+    elif reason.startswith("extra data after last expected column"):
+        reason = f"{width}; the row has more"
+    return CsvFileError(display_name, reason, line=line, column=column)

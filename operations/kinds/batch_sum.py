@@ -1,0 +1,76 @@
+"""``batch_sum``: a group of N small tasks (paramA + paramB) with live progress and a result cache.
+
+The tasks run in parallel as the members of one group step: progress comes from a counter on the
+operation row, a pause holds the members not yet started, and a task whose inputs were computed
+before takes its result from the step cache at once, without running.
+"""
+
+import random
+import time
+
+from celery import group
+from django import forms
+from django.conf import settings
+
+from ..catalogue import Kind, KindForm, register_kind
+from ..workflow import step
+
+MAX_TASKS = 1000
+
+
+@step(name="operations.batch_add", atomic=False, cache=True, cache_exclude=("seconds",))
+def batch_add(param_a, param_b, seconds=(0, 0)):
+    """paramA + paramB, taking a random time within ``seconds`` (the original service's 3–10 s)."""
+    if seconds[1] > 0:
+        time.sleep(random.uniform(*seconds))
+    return param_a + param_b
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class BatchSumForm(KindForm):
+    tasks = forms.JSONField(help_text='A list of {"paramA": number, "paramB": number}.')
+    min_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
+                                   help_text="Each task takes at least this long.")
+    max_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
+                                   help_text="… and at most this long.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["min_seconds"].initial = settings.TAP_BATCH_MIN_SECONDS
+        self.fields["max_seconds"].initial = settings.TAP_BATCH_MAX_SECONDS
+
+    def clean(self):
+        cleaned = super().clean()
+        low, high = cleaned.get("min_seconds"), cleaned.get("max_seconds")
+        if low is not None and high is not None and low > high:
+            self.add_error("max_seconds", "must not be less than min_seconds")
+        return cleaned
+
+    def clean_tasks(self):
+        tasks = self.cleaned_data["tasks"]
+        if not isinstance(tasks, list) or not tasks:
+            raise forms.ValidationError('Give a non-empty list of {"paramA": …, "paramB": …} objects.')
+        if len(tasks) > MAX_TASKS:
+            raise forms.ValidationError(f"{len(tasks)} tasks; a batch holds at most {MAX_TASKS}.")
+        for index, task in enumerate(tasks):
+            if not isinstance(task, dict) or set(task) != {"paramA", "paramB"}:
+                raise forms.ValidationError(f'tasks[{index}]: expected {{"paramA": …, "paramB": …}}, got {task!r}')
+            for name in ("paramA", "paramB"):
+                if not _number(task[name]):
+                    raise forms.ValidationError(f"tasks[{index}].{name}: must be a number, got {task[name]!r}")
+        return tasks
+
+
+register_kind(Kind(
+    name="batch_sum",
+    label="Batch of sums",
+    description="A group of paramA + paramB tasks run in parallel, with live progress and cached results.",
+    form=BatchSumForm,
+    build=lambda p: group(batch_add.s(t["paramA"], t["paramB"], seconds=[p["min_seconds"], p["max_seconds"]])
+                          for t in p["tasks"]),
+    progress="custom",
+    progress_unit="tasks",
+))

@@ -1,0 +1,88 @@
+"""The CSV source shared by ``csv_import`` and ``csv_summary``: an upload or a server-side file."""
+
+import uuid
+from pathlib import Path
+
+from django import forms
+from django.conf import settings
+
+from ..catalogue import InvalidParams, KindForm
+from ..csvio import CsvFileError, start_state
+
+
+def csv_dir():
+    return Path(settings.TAP_CSV_DIR)
+
+
+def server_files():
+    """The CSV files a user may pick on the New page (the demo files live here)."""
+    folder = csv_dir()
+    return sorted(p.name for p in folder.glob("*.csv") if p.is_file()) if folder.is_dir() else []
+
+
+class CsvSourceForm(KindForm):
+    file = forms.FileField(required=False, help_text="Upload a CSV file.")
+    path = forms.CharField(required=False, max_length=255,
+                           help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-1m.csv).")
+    chunk_rows = forms.IntegerField(required=False, min_value=1, max_value=1_000_000,
+                                    help_text="Rows per checkpoint: a pause or cancel lands within one chunk.")
+    rows_per_second = forms.IntegerField(required=False, min_value=1,
+                                         help_text="Optional rate limit, to spare the database (or to watch it).")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["chunk_rows"].initial = settings.TAP_CSV_CHUNK_ROWS
+
+    def clean_file(self):
+        upload = self.cleaned_data.get("file")
+        limit = settings.TAP_CSV_MAX_UPLOAD_MB * 1024 * 1024
+        if upload and upload.size > limit:
+            raise forms.ValidationError(
+                f"{upload.name} is {upload.size / 1048576:.1f} MB; uploads are limited to "
+                f"{settings.TAP_CSV_MAX_UPLOAD_MB} MB (put larger files in the server's CSV folder)")
+        return upload
+
+    def clean_path(self):
+        name = self.cleaned_data.get("path", "").strip()
+        if not name:
+            return ""
+        folder = csv_dir().resolve()
+        candidate = (folder / name).resolve()
+        if candidate.parent != folder:
+            raise forms.ValidationError(f"{name}: give the name of a file in the CSV folder, not a path")
+        if not candidate.is_file():
+            available = ", ".join(server_files()) or "none"
+            raise forms.ValidationError(f"{name}: no such file in the CSV folder (available: {available})")
+        return str(candidate)
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors and bool(cleaned.get("file")) == bool(cleaned.get("path")):
+            raise forms.ValidationError("Give either a file to upload or the name of a server-side file, not both.")
+        return cleaned
+
+
+def prepare_source(header):
+    """A kind's ``prepare``: store an upload, check the file's header, keep only JSON params."""
+
+    def prepare(params, files):
+        upload = params.pop("file", None)
+        if upload:
+            folder = Path(settings.TAP_UPLOAD_DIR)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{uuid.uuid4().hex}-{Path(upload.name).name}"
+            with open(target, "wb") as out:
+                for piece in upload.chunks():
+                    out.write(piece)
+            params.update(path=str(target), source=Path(upload.name).name)
+        else:
+            params["source"] = Path(params["path"]).name
+        try:
+            start_state(params["path"], header, params["source"])
+        except CsvFileError as exc:
+            if upload:
+                Path(params["path"]).unlink(missing_ok=True)
+            raise InvalidParams({"file" if upload else "path": [str(exc)]}) from None
+        return params
+
+    return prepare
