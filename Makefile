@@ -8,7 +8,7 @@ PORT ?= 8000
 REQS := requirements/base.txt requirements/dev.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq faults bench clean
+.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq lint faults bench clean
 
 $(STAMP): $(REQS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -40,6 +40,9 @@ test-pg-redis: install
 
 test-pg-rabbitmq: install
 	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check --select F,E,I --ignore E501 operations accounts tapproject tests bench docs
 
 clean:
 	rm -rf var/test .pytest_cache

@@ -38,6 +38,14 @@ class InvalidParams(OperationError):
 class KindForm(forms.Form):
     """Base form of a kind's parameters; ``params()`` gives the JSON stored on the operation."""
 
+    #: field name → the setting that holds its default (read whenever a form is built).
+    setting_defaults = {}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, setting in self.setting_defaults.items():
+            self.fields[name].initial = getattr(settings, setting)
+
     def params(self):
         """Cleaned values as JSON; an optional field left empty takes its ``initial`` default."""
         return {

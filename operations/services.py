@@ -18,9 +18,22 @@ from . import bus
 from .catalogue import InvalidParams, OperationError, UnknownKind, get_kind
 from .models import ConcurrencySlot, Operation, OperationEvent, StepCache, StepMember
 from .states import (
-    ACTIVE, RELEASES_SLOT, TRANSITIONS, VERB_PAST, Status, refusal_message, transitions_for_verb,
+    ACTIVE,
+    RELEASES_SLOT,
+    TRANSITIONS,
+    VERB_PAST,
+    Status,
+    refusal_message,
+    transitions_for_verb,
 )
-from .workflow import WorkflowError, build_plan, cache_key, member_task_id, step_arguments, validate_plan
+from .workflow import (
+    WorkflowError,
+    build_plan,
+    cache_key,
+    member_task_id,
+    step_arguments,
+    validate_plan,
+)
 
 log = logging.getLogger("operations")
 

@@ -2,19 +2,17 @@
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
 
 from operations import services
 from operations.kinds.arithmetic import expected_result
 from operations.models import Operation, Record
 from operations.states import Status
 from tapproject.celery import app
-from tests.support.ops import status_changes, wait_for, wait_settled, wait_status
+from tests.support.ops import run_concurrently, status_changes, wait_for, wait_settled, wait_status
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends("sqlite-fs", "pg-redis", "pg-rabbitmq")]
@@ -133,26 +131,12 @@ def test_twenty_concurrent_resumes_start_exactly_one_chain(worker):
     services.operation_pause(operation=operation, actor="cli")
     wait_status(operation.pk, Status.PAUSED)
 
-    outcomes, barrier = [], threading.Barrier(20)
-
-    def resume():
-        try:
-            barrier.wait()
-            services.operation_resume(operation=operation.pk, actor="cli")
-            outcomes.append("accepted")
-        except services.TransitionRefused as exc:
-            outcomes.append(str(exc))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=resume) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert outcomes.count("accepted") == 1, outcomes
+    outcomes = run_concurrently(20, lambda: services.operation_resume(operation=operation.pk, actor="cli"))
+    accepted = [o for o in outcomes if isinstance(o, Operation)]
+    refused = [str(o) for o in outcomes if isinstance(o, services.TransitionRefused)]
+    assert len(accepted) == 1 and len(refused) == 19, outcomes
     assert all("only paused or interrupted operations can be resumed" in o or
-               "only pause requested, paused or interrupted" in o for o in outcomes if o != "accepted"), outcomes
+               "only pause requested, paused or interrupted" in o for o in refused), refused
     done = wait_status(operation.pk, Status.COMPLETED)
     assert done.result == expected_result(4, 10)
     assert done.run_token == 2  # one resume, one dispatch

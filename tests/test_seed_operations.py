@@ -2,7 +2,6 @@
 
 import csv
 import hashlib
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,13 +9,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
 
 from operations import selectors, services
 from operations.demo_files import write_demo_csv
 from operations.models import Operation, Record, StagedRecord, StepMember
 from operations.states import Status
-from tests.support.ops import status_changes, wait_for, wait_settled, wait_status
+from tests.support.ops import run_concurrently, status_changes, wait_for, wait_settled, wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends("sqlite-fs", "pg-redis")]
 
@@ -239,25 +237,10 @@ def test_batch_paused_mid_way_holds_members_and_resume_completes_all(worker):
 def test_one_import_at_a_time_per_user_enforced_by_the_database(worker):
     user = User.objects.create_user("importer")
     csv_file("slot.csv", 20_000)
-    outcomes, barrier = [], threading.Barrier(2)
-
-    def start_import():
-        try:
-            barrier.wait()
-            outcomes.append(start("csv_import", owner=user, path="slot.csv", chunk_rows=500,
-                                  rows_per_second=5000).pk)
-        except services.OperationError as exc:
-            outcomes.append(str(exc))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=start_import) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    accepted = [o for o in outcomes if isinstance(o, int)]
-    refused = [o for o in outcomes if isinstance(o, str)]
+    outcomes = run_concurrently(2, lambda: start("csv_import", owner=user, path="slot.csv", chunk_rows=500,
+                                                 rows_per_second=5000))
+    accepted = [o.pk for o in outcomes if isinstance(o, Operation)]
+    refused = [str(o) for o in outcomes if isinstance(o, services.OperationError)]
     assert len(accepted) == 1 and len(refused) == 1, outcomes
     assert refused[0] == (f"csv_import allows 1 unfinished operation(s) per user at a time; operation "
                           f"{accepted[0]} holds the slot — wait for it to end, or cancel it")

@@ -10,7 +10,6 @@ import time
 
 from celery import group
 from django import forms
-from django.conf import settings
 
 from ..catalogue import Kind, KindForm, register_kind
 from ..workflow import step
@@ -37,10 +36,7 @@ class BatchSumForm(KindForm):
     max_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
                                    help_text="… and at most this long.")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["min_seconds"].initial = settings.TAP_BATCH_MIN_SECONDS
-        self.fields["max_seconds"].initial = settings.TAP_BATCH_MAX_SECONDS
+    setting_defaults = {"min_seconds": "TAP_BATCH_MIN_SECONDS", "max_seconds": "TAP_BATCH_MAX_SECONDS"}
 
     def clean(self):
         cleaned = super().clean()

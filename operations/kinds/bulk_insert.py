@@ -10,15 +10,15 @@ from decimal import Decimal
 
 from celery import chain
 from django import forms
-from django.conf import settings
 from django.db import connection
 
-from ..catalogue import Kind, KindForm, register_kind
+from ..catalogue import Kind, register_kind
 from ..demo_files import DAYS, FIRST, LAST
 from ..models import Record, StagedRecord
 from ..pacing import Pace
 from ..rowstore import write_rows
 from ..workflow import step
+from .chunking import ChunkedForm
 
 
 def random_rows(operation_id, start, end):
@@ -61,16 +61,10 @@ def publish_rows(ctx, staged):
     return {"rows": moved}
 
 
-class BulkInsertForm(KindForm):
+class BulkInsertForm(ChunkedForm):
     rows = forms.IntegerField(min_value=1, max_value=10_000_000, help_text="How many random rows to insert.")
-    chunk_rows = forms.IntegerField(required=False, min_value=1, max_value=1_000_000,
-                                    help_text="Rows staged per checkpoint.")
-    rows_per_second = forms.IntegerField(required=False, min_value=1,
-                                         help_text="Optional rate limit, to spare the database (or to watch it).")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["chunk_rows"].initial = settings.TAP_BULK_CHUNK_ROWS
+    field_order = ["rows"]
+    setting_defaults = {"chunk_rows": "TAP_BULK_CHUNK_ROWS"}
 
 
 def remove_rows(operation):

@@ -6,7 +6,7 @@ row fails the operation with its line, column and reason; nothing of its chunk i
 """
 
 import datetime
-from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from celery import chain
 from django.conf import settings

@@ -6,8 +6,9 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from ..catalogue import InvalidParams, KindForm
+from ..catalogue import InvalidParams
 from ..csvio import CsvFileError, start_state
+from .chunking import ChunkedForm
 
 
 def csv_dir():
@@ -20,18 +21,12 @@ def server_files():
     return sorted(p.name for p in folder.glob("*.csv") if p.is_file()) if folder.is_dir() else []
 
 
-class CsvSourceForm(KindForm):
+class CsvSourceForm(ChunkedForm):
     file = forms.FileField(required=False, help_text="Upload a CSV file.")
     path = forms.CharField(required=False, max_length=255,
                            help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-1m.csv).")
-    chunk_rows = forms.IntegerField(required=False, min_value=1, max_value=1_000_000,
-                                    help_text="Rows per checkpoint: a pause or cancel lands within one chunk.")
-    rows_per_second = forms.IntegerField(required=False, min_value=1,
-                                         help_text="Optional rate limit, to spare the database (or to watch it).")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["chunk_rows"].initial = settings.TAP_CSV_CHUNK_ROWS
+    field_order = ["file", "path"]
+    setting_defaults = {"chunk_rows": "TAP_CSV_CHUNK_ROWS"}
 
     def clean_file(self):
         upload = self.cleaned_data.get("file")

@@ -1,8 +1,9 @@
 """Helpers for tests that drive operations through a real worker."""
 
+import threading
 import time
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from operations.models import Operation
 from operations.states import ACTIVE
@@ -43,3 +44,29 @@ def transitions(operation_id):
 def status_changes(operation_id):
     """The (from, to, actor) of each event that changed the status (notes excluded)."""
     return [t for t in transitions(operation_id) if t[0] != t[1]]
+
+
+def run_concurrently(count, action):
+    """Run ``action()`` in ``count`` threads released at the same instant; return their outcomes.
+
+    An outcome is the return value, or the exception raised. Each thread closes its connection.
+    """
+    outcomes, barrier, lock = [], threading.Barrier(count), threading.Lock()
+
+    def run():
+        try:
+            barrier.wait()
+            outcome = action()
+        except Exception as exc:  # the outcome under test
+            outcome = exc
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
