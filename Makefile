@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+DEMO_ROWS ?= 1000000
 REQS := requirements/base.txt requirements/dev.txt
 STAMP := $(VENV)/.installed
 
@@ -18,9 +19,10 @@ $(STAMP): $(REQS)
 
 install: $(STAMP)
 
-# Migrate, create the demo user (and the demo files); safe to run again.
+# Migrate, create the demo user and the demo CSV files; safe to run again.
 setup: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py operations make-demo-files --rows $(DEMO_ROWS)
 	$(BIN)/python manage.py demo_user --url http://127.0.0.1:$(PORT)/
 
 # Web (gunicorn), worker and beat, on http://127.0.0.1:$(PORT)/ — Ctrl-C stops all three.

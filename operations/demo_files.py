@@ -55,3 +55,16 @@ def write_demo_csv(path, *, rows, fmt="records"):
             out.write("".join(line(i) for i in range(start, min(rows, start + BATCH - 1) + 1)))
     partial.replace(path)  # never a half-written demo file under the real name
     return path
+
+
+DEMO_FILES = {"demo-records.csv": "records", "demo-people.csv": "people"}
+
+
+def ensure_demo_files(folder, *, rows):
+    """Write the demo files the New page offers, unless they are already there; list what was written."""
+    written = []
+    for name, fmt in DEMO_FILES.items():
+        path = Path(folder) / name
+        if not path.exists():
+            written.append(write_demo_csv(path, rows=rows, fmt=fmt))
+    return written

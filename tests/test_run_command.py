@@ -46,7 +46,7 @@ def test_make_run_serves_the_login_page_and_a_worker_answers(tmp_path):
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            ["make", "--no-print-directory", "run", f"PORT={port}", f"VENV={sys.prefix}"],
+            ["make", "--no-print-directory", "run", f"PORT={port}", f"VENV={sys.prefix}", "DEMO_ROWS=1000"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -55,6 +55,7 @@ def test_make_run_serves_the_login_page_and_a_worker_answers(tmp_path):
         assert "Log in" in page.text
         text = log_path.read_text()
         assert "Username: demo" in text and "Password: demo" in text and base in text
+        assert (tmp_path / "var" / "csv" / "demo-records.csv").is_file()
 
         session = requests.Session()
         session.get(f"{base}/accounts/login/")

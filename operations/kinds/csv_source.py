@@ -24,7 +24,7 @@ def server_files():
 class CsvSourceForm(ChunkedForm):
     file = forms.FileField(required=False, help_text="Upload a CSV file.")
     path = forms.CharField(required=False, max_length=255,
-                           help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-1m.csv).")
+                           help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-records.csv).")
     field_order = ["file", "path"]
     setting_defaults = {"chunk_rows": "TAP_CSV_CHUNK_ROWS"}
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
@@ -15,6 +16,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from operations import selectors, services
 from operations.catalogue import all_kinds
+from operations.demo_files import DEMO_FILES, ensure_demo_files, write_demo_csv
 from operations.models import Operation
 from operations.serializers import OperationListSerializer, OperationSerializer
 from operations.states import ACTIVE, Status, label
@@ -59,6 +61,9 @@ class Command(BaseCommand):
         make_csv.add_argument("path")
         make_csv.add_argument("--rows", type=int, required=True)
         make_csv.add_argument("--format", choices=["records", "people"], default="records")
+
+        demo = verbs.add_parser("make-demo-files", help="write the demo CSV files into the CSV folder if missing")
+        demo.add_argument("--rows", type=int, default=1_000_000)
 
     def handle(self, *args, verb, **options):
         handler = getattr(self, "do_" + verb.replace("-", "_"))
@@ -171,10 +176,14 @@ class Command(BaseCommand):
         self.stdout.write(str(count))
 
     def do_make_csv(self, path, rows, format, **options):
-        from operations.demo_files import write_demo_csv
-
         written = write_demo_csv(path, rows=rows, fmt=format)
         self.stdout.write(f"wrote {rows} rows ({format}) to {written}")
+
+    def do_make_demo_files(self, rows, **options):
+        folder = settings.TAP_CSV_DIR
+        for path in ensure_demo_files(folder, rows=rows):
+            self.stdout.write(f"wrote {rows} rows to {path}")
+        self.stdout.write(f"demo files in {folder}: {', '.join(sorted(DEMO_FILES))}")
 
     # --- helpers ------------------------------------------------------------------------------
 
