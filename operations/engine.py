@@ -219,17 +219,17 @@ def run_step(task, operation_id, run_token, index):
                     services.cache_put(spec, args, kwargs, result)
                     run.advance(ctx.fence, index, result)
     except StopStep as stop:
-        run.stop_here(stop.status, index, where=f"inside step {index} of {run.length}, at its last checkpoint")
+        run.stop_here(stop.status, index, where=f"inside step {index + 1} of {run.length}, at its last checkpoint")
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
-        _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index} ({spec.name})")
+        _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index + 1} of {run.length} ({spec.name})")
 
 
 def _spec_or_fail(run, index, entry, where=None):
     spec = STEPS.get(entry.get("task"))
     if spec is None:
-        where = where or f"step {index}"
+        where = where or f"step {index + 1} of {run.length}"
         services.operation_fail(run.operation_id, run.run_token,
                                 f"{where} names '{entry.get('task')}', which is not a registered operation step")
     return spec
@@ -276,7 +276,7 @@ def run_member(task, operation_id, run_token, index, member_index):
                     operation_id, member_index, index)
         return
     entry = run.steps[index]["group"][member_index]
-    where = f"step {index} member {member_index}"
+    where = f"step {index + 1} of {run.length}, task {member_index + 1}"
     spec = _spec_or_fail(run, index, entry, where)
     if spec is None:
         return
@@ -306,7 +306,7 @@ def _settle_group(run, index, status):
     if remaining == 0:
         _finish_group(run, index)
     elif status != Status.RUNNING and started == 0:
-        run.stop_here(status, index, where=f"in group step {index}, with {remaining} member(s) not started")
+        run.stop_here(status, index, where=f"in step {index + 1} of {run.length}, with {remaining} task(s) not started")
 
 
 def _finish_group(run, index):

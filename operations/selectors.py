@@ -1,14 +1,16 @@
 """Reads: which operations a user may see, an operation's remaining workflow, its data rows."""
 
+from django.utils import timezone
+
 from .catalogue import UnknownKind, get_kind
-from .models import Operation, OperationEvent
-from .states import ACTIVE, legal_verbs
+from .models import Operation, OperationEvent, StepMember
+from .states import ACTIVE, TERMINAL, legal_verbs
 
 
-def operation_list(*, user=None, status=None, kind=None):
-    """Newest first; a non-staff user sees only their own operations."""
+def operation_list(*, user=None, status=None, kind=None, mine=False):
+    """Newest first; a non-staff user (or anyone, with ``mine``) sees only their own operations."""
     queryset = Operation.objects.select_related("owner").order_by("-created_at", "-id")
-    if user is not None and not user.is_staff:
+    if user is not None and (mine or not user.is_staff):
         queryset = queryset.filter(owner=user)
     if status:
         queryset = queryset.filter(status=status)
@@ -20,6 +22,15 @@ def operation_list(*, user=None, status=None, kind=None):
 def operation_get(*, operation_id, user=None):
     """The operation, if ``user`` may see it; Operation.DoesNotExist otherwise (a 404, not a 403)."""
     return operation_list(user=user).get(pk=operation_id)
+
+
+def can_control(user, operation, verb):
+    """Owners control their operations; staff control others' with the verb's model permission."""
+    if not user.is_authenticated:
+        return False
+    if operation.owner_id == user.pk:
+        return True
+    return user.is_staff and user.has_perm(f"operations.{verb}_operation")
 
 
 def operation_events(*, operation):
@@ -43,9 +54,10 @@ def operation_is_active(operation):
     return operation.status in ACTIVE
 
 
-def operation_actions(operation):
-    """The user verbs that apply now (the buttons to show)."""
-    return legal_verbs(operation.status)
+def operation_actions(operation, user=None):
+    """The user verbs that apply now (the buttons to show), and that ``user`` may use."""
+    verbs = legal_verbs(operation.status)
+    return verbs if user is None else [v for v in verbs if can_control(user, operation, v)]
 
 
 def operation_row_count(operation):
@@ -62,3 +74,80 @@ def operation_cancel_effect(operation):
         return get_kind(operation.kind).cancel_effect
     except UnknownKind:
         return "Unknown kind: nothing will be compensated."
+
+
+def _kind_or_none(operation):
+    try:
+        return get_kind(operation.kind)
+    except UnknownKind:
+        return None
+
+
+def operation_speed(operation, events):
+    """(units per second over the time it was active, seconds left at that rate) — None when unknown."""
+    active, since = 0.0, None
+    for event in events:
+        if since is not None:
+            active += (event.at - since).total_seconds()
+        since = event.at if event.to_status in ACTIVE else None
+    if since is not None:
+        active += (timezone.now() - since).total_seconds()
+    if active <= 0 or not operation.progress_done:
+        return None, None
+    rate = operation.progress_done / active
+    left = None
+    if operation.progress_total and operation.status in ACTIVE:
+        left = max(0.0, (operation.progress_total - operation.progress_done) / rate)
+    return rate, left
+
+
+def operation_page(operation, user):
+    """Everything the detail page (and its live fragment) shows, read in a fixed number of queries."""
+    events = list(operation_events(operation=operation))
+    kind = _kind_or_none(operation)
+    rate, seconds_left = operation_speed(operation, events)
+    return {
+        "events": events,
+        "actions": operation_actions(operation, user),
+        "is_active": operation.status in ACTIVE,
+        "is_terminal": operation.status in TERMINAL,
+        "kind_label": kind.label if kind else operation.kind,
+        "unit": kind.progress_unit if kind else "steps",
+        "rate": rate,
+        "seconds_left": seconds_left,
+        "row_count": operation_row_count(operation),
+        "cancel_effect": operation_cancel_effect(operation),
+        "remaining": remaining_workflow(operation),
+    }
+
+
+def group_status(operation):
+    """A batch (group step 0) in the shape of the original batch service's /grouptasks/<id>."""
+    members = list(StepMember.objects.filter(operation=operation, step_index=0)
+                   .order_by("member_index").values_list("state", "result"))
+    first = operation.steps[0] if operation.steps else {}
+    total = len(first.get("group", [])) or len(members)
+    finished = sum(1 for state, _ in members if state in (StepMember.State.SUCCESS, StepMember.State.FAILURE))
+    succeeded = sum(1 for state, _ in members if state == StepMember.State.SUCCESS)
+    return {
+        "groupTaskId": str(operation.pk),
+        "grouptaskProcessed": bool(total) and finished == total,
+        "grouptaskSucceeded": bool(total) and succeeded == total,
+        "results": [result if state == StepMember.State.SUCCESS else None for state, result in members]
+                   or [None] * total,
+        "tasksCompleted": operation.progress_done,
+        "tasksTotal": total,
+    }
+
+
+def task_status(task_id, members):
+    """One batch task in the shape of the original service's /tasks/<id>: PENDING until it has run."""
+    member = members.filter(task_id=task_id).values_list("state", "result").first()
+    state, result = member or (StepMember.State.PENDING, None)
+    return {
+        "taskId": str(task_id),
+        "taskState": state,
+        "taskSucceeded": state == StepMember.State.SUCCESS,
+        "result": result if state == StepMember.State.SUCCESS else None,
+        "resultReady": state in (StepMember.State.SUCCESS, StepMember.State.FAILURE),
+    }

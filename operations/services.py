@@ -285,6 +285,25 @@ def operation_retry(*, operation, actor):
     return _apply_verb(operation, "retry", actor)
 
 
+@dataclass
+class BulkOutcome:
+    changed: list
+    refused: list
+
+
+def operations_apply(verb, operations, *, actor):
+    """Apply a user verb to each operation (an admin action on a selection); collect refusals."""
+    apply = {"pause": operation_pause, "resume": operation_resume,
+             "cancel": operation_cancel, "retry": operation_retry}[verb]
+    outcome = BulkOutcome([], [])
+    for operation in operations:
+        try:
+            outcome.changed.append(apply(operation=operation, actor=actor))
+        except OperationError as exc:
+            outcome.refused.append(str(exc))
+    return outcome
+
+
 def _apply_verb(operation, verb, actor):
     actor = Actor.coerce(actor)
     operation_id = getattr(operation, "pk", operation)
@@ -336,7 +355,7 @@ def _redispatch(name):
             if previous in RELEASES_SLOT:
                 _acquire_slot(operation_id, kind, owner_id)
             _event(operation_id, actor, previous, Status.RUNNING,
-                   f"run {token} dispatched from step {index} of {len(plan['steps'])}")
+                   f"run {token} dispatched: {index} of {len(plan['steps'])} step(s) done")
             dispatch_on_commit(operation_id, token, index, plan["steps"])
             return row
 
@@ -434,7 +453,7 @@ def operation_at_pause_point(operation_id, run_token, status, *, index, length, 
     if status == Status.PAUSE_REQUESTED:
         if where is None:
             where = ("after the last step; resume completes it" if index >= length
-                     else f"before step {index} of {length}")
+                     else f"after {index} of {length} step(s)")
         with transaction.atomic():
             return _transition(operation_id, "obey_pause", WORKER, token=run_token,
                                note=f"paused {where}") is not None
@@ -632,11 +651,3 @@ def operations_reconcile(*, lease=None, redispatch=None):
                 log.warning("reconciler could not resume operation %s: %s", op_id, exc)
     return ids
 
-
-__all__ = [
-    "Actor", "CLI", "BEAT", "WORKER", "Claim", "ConcurrencyLimitReached", "Fenced", "InvalidParams",
-    "OperationError", "OperationNotFound", "TransitionRefused", "clean_params", "dispatch_on_commit",
-    "operation_at_pause_point", "operation_cancel", "operation_fail", "operation_heartbeat",
-    "operation_note", "operation_pause", "operation_resume", "operation_retry", "operation_start",
-    "operations_reconcile", "step_advance", "step_checkpoint", "step_claim",
-]

@@ -6,4 +6,10 @@ app_name = "operations"
 
 urlpatterns = [
     path("", views.OperationListView.as_view(), name="list"),
+    path("new/", views.OperationCreateView.as_view(), name="new"),
+    path("<int:pk>/", views.OperationDetailView.as_view(), name="detail"),
+    path("<int:pk>/progress/", views.OperationProgressView.as_view(), name="progress"),
+    path("<int:pk>/cancel/confirm/", views.OperationCancelConfirmView.as_view(), name="cancel-confirm"),
+    *[path(f"<int:pk>/{verb}/", views.OperationControlView.as_view(verb=verb), name=verb)
+      for verb in ("pause", "resume", "cancel", "retry")],
 ]

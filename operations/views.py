@@ -1,6 +1,132 @@
+"""Server-rendered pages: list, start, watch and control your operations. Thin: services do the work."""
+
+from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.views.generic import TemplateView
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views import View
+from django.views.generic import DetailView, ListView, TemplateView
+
+from . import selectors, services
+from .catalogue import InvalidParams, UnknownKind, all_kinds, get_kind
+from .models import Operation
+from .states import Status, label
 
 
-class OperationListView(LoginRequiredMixin, TemplateView):
+#: What the user is told after a verb, by the status it led to.
+OUTCOME = {
+    Status.PAUSE_REQUESTED: "pause requested — it pauses at its next pause point.",
+    Status.RUNNING: "running.",
+    Status.CANCEL_REQUESTED: "cancel requested — it stops at its next pause point, then its writes are undone.",
+    Status.CANCELLED: "cancelled, and its writes undone.",
+}
+
+
+class OperationListView(LoginRequiredMixin, ListView):
     template_name = "operations/list.html"
+    context_object_name = "operations"
+    paginate_by = 25
+
+    def get_queryset(self):
+        return selectors.operation_list(user=self.request.user, mine=True)
+
+
+class OperationCreateView(LoginRequiredMixin, TemplateView):
+    """One tab per kind, each with its own form (the same form every face validates with)."""
+
+    template_name = "operations/new.html"
+
+    def get_context_data(self, form=None, **kwargs):
+        kinds = all_kinds()
+        selected = self._kind(self.request.GET.get("kind") or self.request.POST.get("kind") or kinds[0].name)
+        return super().get_context_data(kinds=kinds, kind=selected, form=form or selected.form(), **kwargs)
+
+    def post(self, request, *args, **kwargs):
+        kind = self._kind(request.POST.get("kind", ""))
+        params = {name: value for name, value in request.POST.items()
+                  if name in kind.form.base_fields and value != ""}
+        try:
+            operation = services.operation_start(
+                kind=kind.name, params=params, owner=request.user,
+                actor=services.Actor.coerce(request.user, via="web"), files=request.FILES or None,
+            )
+        except InvalidParams as exc:
+            form = kind.form(data=request.POST, files=request.FILES)
+            form.is_valid()
+            for field, errors in exc.errors.items():
+                for error in errors:
+                    if field in form.fields and error not in form.errors.get(field, []):
+                        form.add_error(field, error)
+                    elif field not in form.fields:
+                        form.add_error(None, error)
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        except services.OperationError as exc:
+            messages.error(request, str(exc))
+            return self.render_to_response(self.get_context_data(form=kind.form(data=request.POST)), status=409)
+        messages.success(request, f"Started operation {operation.pk} ({kind.label}).")
+        return redirect("operations:detail", pk=operation.pk)
+
+    def _kind(self, name):
+        try:
+            return get_kind(name)
+        except UnknownKind:
+            raise Http404(f"unknown operation kind {name!r}") from None
+
+
+class VisibleOperationMixin(LoginRequiredMixin):
+    """An operation the user may see: their own (staff: any). Anyone else's is a 404, not a 403."""
+
+    def get_operation(self):
+        try:
+            return selectors.operation_get(operation_id=self.kwargs["pk"], user=self.request.user)
+        except Operation.DoesNotExist:
+            raise Http404("No such operation.") from None
+
+
+class OperationDetailView(VisibleOperationMixin, DetailView):
+    template_name = "operations/detail.html"
+    context_object_name = "operation"
+
+    def get_object(self, queryset=None):
+        return self.get_operation()
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(**selectors.operation_page(self.object, self.request.user), **kwargs)
+
+
+class OperationProgressView(OperationDetailView):
+    """The live part of the detail page, polled by htmx while the operation moves."""
+
+    template_name = "operations/_live.html"
+
+
+class OperationCancelConfirmView(OperationDetailView):
+    """What a cancel will undo, before the user confirms it."""
+
+    template_name = "operations/cancel_confirm.html"
+
+
+class OperationControlView(VisibleOperationMixin, View):
+    """POST /operations/<id>/<verb>/ — GET is a 405: a link or a crawler must never pause anything."""
+
+    http_method_names = ["post"]
+    verb = None
+
+    def post(self, request, *args, **kwargs):
+        operation = self.get_operation()
+        if not selectors.can_control(request.user, operation, self.verb):
+            raise PermissionDenied(f"You may not {self.verb} operation {operation.pk}.")
+        service = getattr(services, f"operation_{self.verb}")
+        try:
+            changed = service(operation=operation, actor=services.Actor.coerce(request.user, via="web"))
+        except services.OperationError as exc:
+            messages.warning(request, str(exc))
+            return redirect("operations:detail", pk=operation.pk)
+        messages.success(request, f"Operation {operation.pk}: {OUTCOME.get(changed.status, label(changed.status))}")
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):
+            back = reverse("operations:detail", args=[operation.pk])
+        return redirect(back)

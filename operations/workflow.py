@@ -90,7 +90,7 @@ def _signatures(workflow):
 
 def _entry(index, sig):
     if not isinstance(sig, Signature) or isinstance(sig, (_chain, group, chord)) or sig.get("subtask_type"):
-        raise WorkflowError(f"step {index}: only task signatures and groups of them can be steps, not {sig!r}")
+        raise WorkflowError(f"steps[{index}]: only task signatures and groups of them can be steps, not {sig!r}")
     entry = {"task": sig.task, "args": list(sig.args), "kwargs": dict(sig.kwargs)}
     options = {k: v for k, v in (sig.options or {}).items() if k in STEP_OPTIONS}
     if options:
@@ -138,17 +138,17 @@ def validate_plan(plan):
         if isinstance(entry, dict) and "group" in entry:
             members = entry["group"]
             if set(entry) != {"group"} or not isinstance(members, list) or not members:
-                raise WorkflowError(f"step {index}: a group step is {{\"group\": [signature dicts]}}")
+                raise WorkflowError(f"steps[{index}]: a group step is {{\"group\": [signature dicts]}}")
             if len(members) > MAX_GROUP_MEMBERS:
-                raise WorkflowError(f"step {index}: {len(members)} members; at most {MAX_GROUP_MEMBERS}")
+                raise WorkflowError(f"steps[{index}]: {len(members)} members; at most {MAX_GROUP_MEMBERS}")
             for member_index, member in enumerate(members):
-                validate_step(index, member, where=f"step {index} member {member_index}")
+                validate_step(index, member, where=f"steps[{index}].group[{member_index}]")
         else:
             validate_step(index, entry)
 
 
 def validate_step(index, entry, where=None):
-    where = where or f"step {index}"
+    where = where or f"steps[{index}]"
     if not isinstance(entry, dict):
         raise WorkflowError(f"{where} is not a signature dict: {entry!r}")
     task = entry.get("task")

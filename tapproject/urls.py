@@ -9,5 +9,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
     path("operations/", include("operations.urls")),
+    path("", include("operations.api_urls")),
     path("healthz/", healthz, name="healthz"),
 ]

@@ -108,8 +108,8 @@ def test_a_failing_step_is_retried_then_completes(worker, tmp_path):
     assert done.status == Status.COMPLETED and done.result == 21
     notes = list(done.events.filter(note__contains="failed: RuntimeError").values_list("note", flat=True))
     assert notes == [
-        "step 1 (tests.flaky) attempt 1 of 3 failed: RuntimeError: flaky failure number 1; retrying in 0s",
-        "step 1 (tests.flaky) attempt 2 of 3 failed: RuntimeError: flaky failure number 2; retrying in 0s",
+        "step 2 of 3 (tests.flaky) attempt 1 of 3 failed: RuntimeError: flaky failure number 1; retrying in 0s",
+        "step 2 of 3 (tests.flaky) attempt 2 of 3 failed: RuntimeError: flaky failure number 2; retrying in 0s",
     ]
 
 
@@ -117,7 +117,7 @@ def test_retries_exhausted_fail_with_the_step_name_and_retry_resumes_from_it(wor
     operation = start(kind="flaky", counter=str(tmp_path / "count"), fail_times=2, max_retries=1)
     failed = wait_settled(operation.pk)
     assert failed.status == Status.FAILED
-    assert failed.error == "step 1 (tests.flaky) failed after 2 attempt(s): RuntimeError: flaky failure number 2"
+    assert failed.error == "step 2 of 3 (tests.flaky) failed after 2 attempt(s): RuntimeError: flaky failure number 2"
     assert failed.step_index == 1 and failed.carry == 2  # the failed step is still at the head
     services.operation_retry(operation=operation, actor="cli")
     done = wait_status(operation.pk, Status.COMPLETED)

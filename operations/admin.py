@@ -1,0 +1,124 @@
+"""The admin: watch operations, and Pause / Resume / Cancel / Retry a selection through the services."""
+
+import json
+
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
+
+from . import selectors, services
+from .models import Operation, OperationEvent
+from .states import label
+
+MAX_STEPS_SHOWN = 50
+
+
+class OperationEventInline(admin.TabularInline):
+    model = OperationEvent
+    fields = ("at", "actor", "via", "from_status", "to_status", "note")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("operations.view_operation")  # the history is part of the operation
+
+
+@admin.register(Operation)
+class OperationAdmin(admin.ModelAdmin):
+    list_display = ("id", "kind", "owner", "status_badge", "progress_bar", "last_change")
+    list_display_links = ("id", "kind")
+    list_filter = ("status", "kind", "owner")
+    search_fields = ("=id", "kind", "owner__username", "error")
+    date_hierarchy = "created_at"
+    list_select_related = ("owner",)
+    list_per_page = 50
+    show_full_result_count = False  # COUNT(*) over 100k rows on every page view adds nothing
+    actions = ["pause", "resume", "cancel", "retry"]
+    inlines = [OperationEventInline]
+    fields = ("kind", "owner", "status_badge", "progress_bar", "params", "result", "error", "run_token",
+              "remaining_workflow", "heartbeat_at", "created_at", "started_at", "finished_at", "updated_at")
+    readonly_fields = fields
+
+    class Media:
+        css = {"all": ["operations/admin.css"]}
+
+    def has_add_permission(self, request):
+        return False  # operations start from the pages, the API or the CLI, with their parameters checked
+
+    def has_change_permission(self, request, obj=None):
+        return False  # engine fields change only through the actions below
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return format_html('<span class="tap-badge tap-{}">{}</span>', obj.status, label(obj.status))
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        total = obj.progress_total or 0
+        return format_html('<progress max="100" value="{}"></progress> {}% <span class="tap-muted">{} / {}</span>',
+                           obj.percent, obj.percent, obj.progress_done, total or "?")
+
+    @admin.display(description="last change", ordering="updated_at")
+    def last_change(self, obj):
+        return obj.updated_at
+
+    @admin.display(description="remaining workflow")
+    def remaining_workflow(self, obj):
+        remaining = selectors.remaining_workflow(obj)
+        hidden = len(remaining["steps"]) - MAX_STEPS_SHOWN
+        if hidden > 0:
+            remaining["steps"] = remaining["steps"][:MAX_STEPS_SHOWN] + [f"… {hidden} more step(s)"]
+        return format_html("<pre class='tap-json'>{}</pre>", json.dumps(remaining, indent=2, default=str))
+
+    # --- actions: each is one service call per operation, reported with counts ---------------
+
+    def _apply(self, request, queryset, verb):
+        outcome = services.operations_apply(verb, queryset, actor=services.Actor.coerce(request.user, via="admin"))
+        if outcome.changed:
+            self.message_user(request, f"{verb.capitalize()}: {len(outcome.changed)} operation(s) changed.",
+                              messages.SUCCESS)
+        if outcome.refused:
+            self.message_user(request, f"{verb.capitalize()}: {len(outcome.refused)} refused — "
+                                       + "; ".join(outcome.refused), messages.WARNING)
+
+    @admin.action(description="Pause", permissions=["pause"])
+    def pause(self, request, queryset):
+        self._apply(request, queryset, "pause")
+
+    @admin.action(description="Resume", permissions=["resume"])
+    def resume(self, request, queryset):
+        self._apply(request, queryset, "resume")
+
+    @admin.action(description="Retry", permissions=["retry"])
+    def retry(self, request, queryset):
+        self._apply(request, queryset, "retry")
+
+    @admin.action(description="Cancel", permissions=["cancel"])
+    def cancel(self, request, queryset):
+        if request.POST.get("post") != "yes":  # ask first, like delete_selected
+            return TemplateResponse(request, "admin/operations/cancel_confirmation.html", {
+                **self.admin_site.each_context(request), "title": "Cancel operations?", "opts": self.model._meta,
+                "operations": [(op, selectors.operation_cancel_effect(op)) for op in queryset],
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        self._apply(request, queryset, "cancel")
+
+    def has_pause_permission(self, request):
+        return request.user.has_perm("operations.pause_operation")
+
+    def has_resume_permission(self, request):
+        return request.user.has_perm("operations.resume_operation")
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("operations.cancel_operation")
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("operations.retry_operation")

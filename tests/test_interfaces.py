@@ -1,0 +1,270 @@
+"""Pages, API and admin: who may do what, CSRF, methods, refusals, query counts (issue 5)."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from operations import services
+from operations.models import Operation
+from operations.states import Status
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def people():
+    owner = User.objects.create_user("owner", password="pw-owner-1234")
+    other = User.objects.create_user("other", password="pw-other-1234")
+    staff_without = User.objects.create_user("staff_without", password="pw-staff-1234", is_staff=True)
+    staff_without.user_permissions.add(Permission.objects.get(codename="view_operation"))
+    staff_with = User.objects.create_user("staff_with", password="pw-staff-1234", is_staff=True)
+    staff_with.user_permissions.add(*Permission.objects.filter(
+        codename__in=["view_operation", "pause_operation", "resume_operation", "cancel_operation",
+                      "retry_operation"]))
+    return {"anonymous": None, "owner": owner, "other": other, "staff_without": staff_without,
+            "staff_with": staff_with}
+
+
+def operation_in(status, owner):
+    """An arithmetic operation of ``owner`` put in ``status`` through the services."""
+    operation = services.operation_start(kind="arithmetic", params={"steps": 3}, owner=owner, actor="cli")
+    if status in (Status.PAUSED, Status.PAUSE_REQUESTED):
+        services.operation_pause(operation=operation, actor="cli")
+    if status == Status.PAUSED:
+        services.operation_at_pause_point(operation.pk, 1, Status.PAUSE_REQUESTED, index=1, length=3)
+    if status == Status.COMPLETED:
+        services.operation_at_pause_point(operation.pk, 1, Status.RUNNING, index=3, length=3, result=1)
+    return Operation.objects.get(pk=operation.pk)
+
+
+SETUP = {"pause": (Status.RUNNING, Status.PAUSE_REQUESTED),
+         "resume": (Status.PAUSED, Status.RUNNING),
+         "cancel": (Status.PAUSED, Status.CANCELLED)}
+
+
+def page_client(user):
+    client = Client()
+    if user:
+        client.force_login(user)
+    return client
+
+
+def api_client(user):
+    client = APIClient()
+    if user:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+# What each subject gets from each face (the design's matrix).
+EXPECTED = {
+    "anonymous": {"page": "login", "api": 401, "admin": "admin-login"},
+    "owner": {"page": "done", "api": 202, "admin": "admin-login"},
+    "other": {"page": 404, "api": 404, "admin": "admin-login"},
+    "staff_without": {"page": 403, "api": 403, "admin": "hidden"},
+    "staff_with": {"page": "done", "api": 202, "admin": "done"},
+}
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume", "cancel"])
+@pytest.mark.parametrize("subject", list(EXPECTED))
+@pytest.mark.parametrize("face", ["page", "api", "admin"])
+def test_permission_matrix(people, subject, verb, face):
+    before, after = SETUP[verb]
+    operation = operation_in(before, people["owner"])
+    user = people[subject]
+    expected = EXPECTED[subject][face]
+
+    if face == "page":
+        response = page_client(user).post(reverse(f"operations:{verb}", args=[operation.pk]))
+        if expected == "login":
+            assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+        elif expected == "done":
+            assert response.status_code == 302 and response["Location"] == reverse("operations:detail",
+                                                                                   args=[operation.pk])
+        else:
+            assert response.status_code == expected
+    elif face == "api":
+        response = api_client(user).post(f"/api/operations/{operation.pk}/{verb}/")
+        assert response.status_code == (202 if expected == "done" else expected), response.content
+    else:
+        client = page_client(user)
+        changelist = reverse("admin:operations_operation_changelist")
+        listing = client.get(changelist)
+        data = {"action": verb, "_selected_action": [operation.pk], "post": "yes"}
+        response = client.post(changelist, data)
+        if expected == "admin-login":
+            assert response.status_code == 302 and "/admin/login/" in response["Location"]
+        elif expected == "hidden":
+            assert listing.status_code == 200
+            assert f'<option value="{verb}">' not in listing.content.decode()
+        else:
+            assert f'<option value="{verb}">' in listing.content.decode()
+            assert response.status_code == 302
+
+    final = Operation.objects.get(pk=operation.pk).status
+    assert final == (after if expected in ("done", 202) else before), (subject, face, verb, final)
+
+
+def test_staff_without_permission_sees_no_buttons_on_the_page(people):
+    operation = operation_in(Status.RUNNING, people["owner"])
+    page = page_client(people["staff_without"]).get(reverse("operations:detail", args=[operation.pk]))
+    assert page.status_code == 200
+    assert b">Pause</button>" not in page.content and b">Cancel</a>" not in page.content
+    owner_page = page_client(people["owner"]).get(reverse("operations:detail", args=[operation.pk]))
+    assert b">Pause</button>" in owner_page.content and b">Cancel</a>" in owner_page.content
+
+
+def test_buttons_show_only_legal_verbs(people):
+    client = page_client(people["owner"])
+    paused = operation_in(Status.PAUSED, people["owner"])
+    content = client.get(reverse("operations:detail", args=[paused.pk])).content.decode()
+    assert ">Resume</button>" in content and ">Pause</button>" not in content and ">Cancel</a>" in content
+    done = operation_in(Status.COMPLETED, people["owner"])
+    content = client.get(reverse("operations:detail", args=[done.pk])).content.decode()
+    assert not any(f">{v}</" in content for v in ("Pause", "Resume", "Retry", "Cancel"))
+
+
+def test_session_post_without_csrf_token_is_forbidden(people):
+    operation = operation_in(Status.RUNNING, people["owner"])
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(people["owner"])
+    assert client.post(reverse("operations:pause", args=[operation.pk])).status_code == 403
+    assert client.post(f"/api/operations/{operation.pk}/pause/").status_code == 403
+    assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING
+
+
+def test_get_on_a_control_url_is_405(people):
+    operation = operation_in(Status.RUNNING, people["owner"])
+    assert page_client(people["owner"]).get(reverse("operations:pause", args=[operation.pk])).status_code == 405
+    assert api_client(people["owner"]).get(f"/api/operations/{operation.pk}/pause/").status_code == 405
+    assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING
+
+
+def test_illegal_transition_is_409_in_the_api_and_a_message_on_the_page(people):
+    operation = operation_in(Status.COMPLETED, people["owner"])
+    reason = f"operation {operation.pk} is completed; only running operations can be paused"
+    response = api_client(people["owner"]).post(f"/api/operations/{operation.pk}/pause/")
+    assert response.status_code == 409 and response.json()["detail"] == reason
+    response = page_client(people["owner"]).post(reverse("operations:pause", args=[operation.pk]), follow=True)
+    assert reason in [str(m) for m in response.context["messages"]]
+
+
+def test_api_start_validates_params_and_returns_the_contract_shape(people):
+    client = api_client(people["owner"])
+    bad = client.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 0, "delay": "slow"}},
+                      format="json")
+    assert bad.status_code == 400
+    assert bad.json()["errors"] == {"steps": ["Ensure this value is greater than or equal to 1."],
+                                    "delay": ["Enter a number."]}
+    unknown = client.post("/api/operations/", {"kind": "nope"}, format="json")
+    assert unknown.status_code == 400 and "unknown operation kind 'nope'" in unknown.json()["detail"]
+    created = client.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 4}}, format="json")
+    assert created.status_code == 201
+    body = created.json()
+    for key in ("id", "kind", "status", "owner", "params", "progress", "result", "error", "run_token",
+                "created_at", "started_at", "finished_at", "updated_at", "events"):
+        assert key in body
+    assert body["owner"] == "owner" and body["progress"] == {"done": 0, "total": 4, "percent": 0}
+    assert body["events"][0]["to_status"] == "running" and body["events"][0]["actor"] == "owner"
+    assert len(body["created_at"].split(".")[1]) >= 6  # microseconds
+    listing = client.get("/api/operations/").json()
+    assert [item["id"] for item in listing["results"]] == [body["id"]]
+    assert api_client(people["other"]).get(f"/api/operations/{body['id']}/").status_code == 404
+    assert api_client(people["staff_with"]).get(f"/api/operations/{body['id']}/").status_code == 200
+
+
+def test_the_openapi_schema_is_served(people):
+    response = api_client(people["owner"]).get("/api/schema/")
+    assert response.status_code == 200
+    assert b"/api/operations/{id}/pause/" in response.content and b"/grouptasks" in response.content
+
+
+def test_page_start_with_bad_params_shows_field_errors_and_starts_nothing(people):
+    client = page_client(people["owner"])
+    response = client.post(reverse("operations:new"), {"kind": "arithmetic", "steps": "-3"})
+    assert response.status_code == 400
+    assert "Ensure this value is greater than or equal to 1." in response.content.decode()
+    assert not Operation.objects.exists()
+    response = client.post(reverse("operations:new"), {"kind": "arithmetic", "steps": "3", "delay": "0.5"})
+    operation = Operation.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("operations:detail", args=[operation.pk])
+    assert operation.params == {"x": 4, "steps": 3, "delay": 0.5} and operation.owner == people["owner"]
+
+
+def test_new_page_offers_every_kind_with_its_form(people):
+    client = page_client(people["owner"])
+    page = client.get(reverse("operations:new")).content.decode()
+    for kind in ("arithmetic", "csv_import", "csv_summary", "bulk_insert", "batch_sum"):
+        assert f"?kind={kind}" in page
+    assert 'name="rows"' in client.get(reverse("operations:new") + "?kind=bulk_insert").content.decode()
+    assert client.get(reverse("operations:new") + "?kind=nope").status_code == 404
+
+
+def test_another_users_operation_page_is_404(people):
+    operation = operation_in(Status.RUNNING, people["owner"])
+    client = page_client(people["other"])
+    for name in ("operations:detail", "operations:progress", "operations:cancel-confirm"):
+        assert client.get(reverse(name, args=[operation.pk])).status_code == 404
+
+
+def test_cancel_confirmation_says_what_will_be_undone(people):
+    operation = services.operation_start(kind="bulk_insert", params={"rows": 10}, owner=people["owner"], actor="cli")
+    page = page_client(people["owner"]).get(reverse("operations:cancel-confirm", args=[operation.pk]))
+    assert "Discards every row staged so far; no record of this insert will remain." in page.content.decode()
+
+
+def test_admin_cancel_asks_for_confirmation_first(people):
+    operation = operation_in(Status.PAUSED, people["owner"])
+    client = page_client(people["staff_with"])
+    changelist = reverse("admin:operations_operation_changelist")
+    ask = client.post(changelist, {"action": "cancel", "_selected_action": [operation.pk]})
+    assert ask.status_code == 200 and "Cancel these operations?" in ask.content.decode()
+    assert Operation.objects.get(pk=operation.pk).status == Status.PAUSED
+    done = client.post(changelist, {"action": "cancel", "_selected_action": [operation.pk], "post": "yes"},
+                       follow=True)
+    assert "Cancel: 1 operation(s) changed." in done.content.decode()
+    assert Operation.objects.get(pk=operation.pk).status == Status.CANCELLED
+
+
+def test_admin_action_reports_refusals(people):
+    running = operation_in(Status.RUNNING, people["owner"])
+    done = operation_in(Status.COMPLETED, people["owner"])
+    response = page_client(people["staff_with"]).post(
+        reverse("admin:operations_operation_changelist"),
+        {"action": "pause", "_selected_action": [running.pk, done.pk]}, follow=True)
+    content = response.content.decode()
+    assert "Pause: 1 operation(s) changed." in content
+    assert f"Pause: 1 refused — operation {done.pk} is completed; only running operations can be paused" in content
+
+
+def test_admin_change_page_is_read_only_with_workflow_and_history(people):
+    operation = operation_in(Status.PAUSED, people["owner"])
+    page = page_client(people["staff_with"]).get(
+        reverse("admin:operations_operation_change", args=[operation.pk])).content.decode()
+    assert "operations.mult" in page and "next_step" in page  # the remaining workflow
+    assert "pause_requested" in page or "Pause requested" in page  # the history inline
+    assert 'name="_save"' not in page
+
+
+def _many_operations(owner, count):
+    Operation.objects.bulk_create([
+        Operation(owner=owner, kind="arithmetic", status=Status.COMPLETED, progress_done=3, progress_total=3)
+        for _ in range(count)
+    ])
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+def test_list_page_and_changelist_use_a_constant_number_of_queries(people, count, django_assert_max_num_queries):
+    _many_operations(people["owner"], count)
+    owner_client = page_client(people["owner"])
+    staff_client = page_client(people["staff_with"])
+    with django_assert_max_num_queries(8):
+        assert owner_client.get(reverse("operations:list")).status_code == 200
+    with django_assert_max_num_queries(14):
+        assert staff_client.get(reverse("admin:operations_operation_changelist")).status_code == 200
+    with django_assert_max_num_queries(8):
+        assert api_client(people["owner"]).get("/api/operations/").status_code == 200
