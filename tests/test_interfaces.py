@@ -268,3 +268,18 @@ def test_list_page_and_changelist_use_a_constant_number_of_queries(people, count
         assert staff_client.get(reverse("admin:operations_operation_changelist")).status_code == 200
     with django_assert_max_num_queries(8):
         assert api_client(people["owner"]).get("/api/operations/").status_code == 200
+
+
+def test_state_changing_endpoints_are_throttled(people, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"operation_control": "3/min"})
+    cache.clear()
+    client = api_client(people["owner"])
+    operation = operation_in(Status.COMPLETED, people["owner"])
+    codes = [client.post(f"/api/operations/{operation.pk}/pause/").status_code for _ in range(4)]
+    assert codes == [409, 409, 409, 429]
+    assert client.post("/api/operations/", {"kind": "arithmetic"}, format="json").status_code == 429
+    assert client.get(f"/api/operations/{operation.pk}/").status_code == 200  # reads are not throttled
+    cache.clear()

@@ -9,17 +9,23 @@ pointed at the very database pytest-django created.
 import os
 from pathlib import Path
 
+# TAP_TEST_SLOT (0-9) lets several test sessions share the machine's services: each slot has its
+# own database, Redis database, queue name and var/ folder.
+SLOT = os.environ.get("TAP_TEST_SLOT", "")
+if SLOT and not (SLOT.isdigit() and int(SLOT) < 10):
+    raise RuntimeError(f"TAP_TEST_SLOT={SLOT!r}; expected a digit 0-9")
+_suffix = f"_{SLOT}" if SLOT else ""
 BACKENDS = {
     "sqlite-fs": {
         "DATABASE_URL": None,
         "CELERY_BROKER_URL": "filesystem://localhost/",
     },
     "pg-redis": {
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tapproject",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/5",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/tapproject{_suffix}",
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:6379/{5 + int(SLOT or 0)}",
     },
     "pg-rabbitmq": {
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tapproject",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/tapproject{_suffix}",
         "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
     },
 }
@@ -27,7 +33,7 @@ TAP_TEST_BACKEND = os.environ.setdefault("TAP_TEST_BACKEND", "sqlite-fs")
 if TAP_TEST_BACKEND not in BACKENDS:
     raise RuntimeError(f"TAP_TEST_BACKEND={TAP_TEST_BACKEND!r}; expected one of {sorted(BACKENDS)}")
 _root = Path(__file__).resolve().parent.parent.parent
-os.environ.setdefault("TAP_VAR_DIR", str(_root / "var" / "test" / TAP_TEST_BACKEND))
+os.environ.setdefault("TAP_VAR_DIR", str(_root / "var" / "test" / f"{TAP_TEST_BACKEND}{_suffix}"))
 for _name, _value in BACKENDS[TAP_TEST_BACKEND].items():
     if _value is not None:
         os.environ.setdefault(_name, _value)
@@ -36,6 +42,7 @@ from .base import *  # noqa: E402,F403
 from .base import DATABASES, VAR_DIR  # noqa: E402
 
 DEBUG = False
+CELERY_TASK_DEFAULT_QUEUE = f"celery{_suffix}"
 SECRET_KEY = "test-only-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
 ALLOWED_HOSTS = ["*"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
