@@ -43,6 +43,10 @@ test-pg-redis: install
 test-pg-rabbitmq: install
 	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
+# Benchmarks (reports, not tests): they need PostgreSQL and Redis on 127.0.0.1.
+bench: install
+	$(BIN)/python bench/overhead.py
+
 lint: install
 	$(BIN)/ruff check --select F,E,I --ignore E501 operations accounts tapproject tests bench docs
 

@@ -12,6 +12,11 @@ from django.db import connection
 from .models import Operation
 
 
+#: Joined into an UPDATE on PostgreSQL, sets how the enclosing transaction commits: "off" does
+#: not wait for the WAL flush, "on" (the default) does. The last setting in a transaction wins.
+COMMIT_MODE = " FROM (SELECT set_config('synchronous_commit', %s, true)) AS commit_mode"
+
+
 class Raw(str):
     """A SQL expression for a SET clause, e.g. ``Raw("run_token + 1")``."""
 
@@ -41,12 +46,19 @@ def in_statuses(statuses):
     return f"{_q('status')} IN ({', '.join(['%s'] * len(statuses))})", statuses
 
 
-def update(operation_id, assignments, conditions=(), returning=("previous_status",), many=False):
+def update(operation_id, assignments, conditions=(), returning=("previous_status",), many=False,
+           durable=None):
     """``UPDATE … SET assignments WHERE id = … AND conditions RETURNING returning``.
 
     ``conditions`` is a list of (sql, params). Returns the RETURNING row, or None when no row
     matched (the caller's expectation was stale). ``operation_id=None`` with ``many=True``
     updates every matching row and returns all of them.
+
+    ``durable`` (PostgreSQL): False lets the transaction this UPDATE belongs to commit without
+    waiting for the WAL flush; True makes it wait again; None leaves it as it is. A server crash
+    may then lose the last fraction of a second of such commits — each one whole, never half —
+    which the engine can afford for heartbeats and step advances: a lost advance loses its
+    step's writes with it, and the step simply runs again.
     """
     sets, params = [], []
     for name, value in assignments.items():
@@ -60,12 +72,15 @@ def update(operation_id, assignments, conditions=(), returning=("previous_status
     for sql, values in conditions:
         where.append(sql)
         where_params += list(values)
+    mode = []
+    if durable is not None and connection.vendor == "postgresql":
+        mode = ["on" if durable else "off"]
     sql = (
-        f"UPDATE {_table()} SET {', '.join(sets)} WHERE {' AND '.join(where) or '1 = 1'} "
-        f"RETURNING {', '.join(_q(c) for c in returning)}"
+        f"UPDATE {_table()} SET {', '.join(sets)}{COMMIT_MODE if mode else ''}"
+        f" WHERE {' AND '.join(where) or '1 = 1'} RETURNING {', '.join(_q(c) for c in returning)}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params + where_params)
+        cursor.execute(sql, params + mode + where_params)
         rows = cursor.fetchall()
     if many:
         return rows

@@ -35,6 +35,11 @@ class InvalidParams(OperationError):
         ))
 
 
+#: JSON values a number field must refuse by their type: Django's fields read ``true`` as 1 and
+#: ``null``, ``[]`` or ``{}`` as "left empty" (so as the default), which a JSON client never meant.
+NOT_A_NUMBER = {bool: "true/false", type(None): "null", list: "a list", dict: "an object"}
+
+
 class KindForm(forms.Form):
     """Base form of a kind's parameters; ``params()`` gives the JSON stored on the operation."""
 
@@ -45,6 +50,21 @@ class KindForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, setting in self.setting_defaults.items():
             self.fields[name].initial = getattr(settings, setting)
+        # Number fields (IntegerField, FloatField, DecimalField) given a JSON value of the wrong
+        # type: the field never sees it, so neither it nor the form's clean() takes it for a number.
+        self.type_errors = {
+            name: f"must be a number, not {NOT_A_NUMBER[type(value)]}"
+            for name, value in self.data.items()
+            if isinstance(self.fields.get(name), forms.IntegerField) and type(value) in NOT_A_NUMBER
+        }
+        if self.type_errors:
+            self.data = {name: value for name, value in self.data.items() if name not in self.type_errors}
+
+    def full_clean(self):
+        super().full_clean()
+        for name, message in self.type_errors.items():
+            self._errors[name] = self.error_class([message])
+            self.cleaned_data.pop(name, None)
 
     def params(self):
         """Cleaned values as JSON; an optional field left empty takes its ``initial`` default."""

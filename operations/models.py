@@ -56,7 +56,9 @@ class Operation(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="op_owner_created"),
-            models.Index(fields=["status", "heartbeat_at"], name="op_status_heartbeat"),
+            # Status only: a step's writes (heartbeat, cursor, progress) touch no indexed column,
+            # so PostgreSQL can update the row in place (a HOT update) at every step.
+            models.Index(fields=["status"], name="op_status"),
             models.Index(fields=["-created_at"], name="op_created"),
             models.Index(fields=["kind", "status"], name="op_kind_status"),
         ]

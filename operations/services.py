@@ -121,7 +121,8 @@ def _transition(operation_id, name, actor, *, token=None, note="", assignments=N
     conditions = [bus.in_statuses(transition.sources)]
     if token is not None:
         conditions.append((f"{bus.column('run_token')} = %s", [token]))
-    row = bus.update(operation_id, values, conditions, returning)
+    # A status change always commits durably, even inside a worker's relaxed step transaction.
+    row = bus.update(operation_id, values, conditions, returning, durable=True)
     if row is None:
         return None
     if transition.target in RELEASES_SLOT:
@@ -392,7 +393,7 @@ def step_claim(operation_id, run_token):
     row = bus.update(
         operation_id, {"heartbeat_at": timezone.now()},
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
-        returning=("status", "step_index", "fence", "carry", "checkpoint"),
+        returning=("status", "step_index", "fence", "carry", "checkpoint"), durable=False,
     )
     if row is None:
         return None
@@ -416,7 +417,8 @@ def step_advance(operation_id, run_token, fence, index, carry, *, count_step):
               "carry": carry, "checkpoint": None, "heartbeat_at": now, "updated_at": now}
     if count_step:
         values["progress_done"] = index + 1
-    row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",))
+    row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",),
+                     durable=settings.TAP_DURABLE_STEP_COMMITS)
     if row is None:
         raise Fenced(f"operation {operation_id}: step {index} lost its fence (run {run_token})")
     return row[0]
@@ -441,7 +443,7 @@ def operation_heartbeat(operation_id, run_token):
     return bus.update(
         operation_id, {"heartbeat_at": timezone.now()},
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
-        returning=("id",),
+        returning=("id",), durable=False,
     ) is not None
 
 

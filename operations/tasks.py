@@ -4,8 +4,16 @@ import os
 import socket
 
 from celery import shared_task
+from celery.signals import task_prerun
+from django.db import close_old_connections
 
 from . import engine, services
+
+
+@task_prerun.connect
+def _drop_stale_connections(**kwargs):
+    """Keep healthy connections across tasks (CELERY_DB_REUSE_MAX), drop broken or old ones."""
+    close_old_connections()
 
 
 @shared_task(name="operations.run_step", bind=True, ignore_result=True, acks_late=True)

@@ -15,7 +15,6 @@ from .catalogue import InvalidParams, UnknownKind, all_kinds, get_kind
 from .models import Operation
 from .states import Status, label
 
-
 #: What the user is told after a verb, by the status it led to.
 OUTCOME = {
     Status.PAUSE_REQUESTED: "pause requested — it pauses at its next pause point.",
@@ -39,13 +38,17 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
 
     template_name = "operations/new.html"
 
-    def get_context_data(self, form=None, **kwargs):
+    def get_context_data(self, form=None, kind=None, **kwargs):
         kinds = all_kinds()
-        selected = self._kind(self.request.GET.get("kind") or self.request.POST.get("kind") or kinds[0].name)
-        return super().get_context_data(kinds=kinds, kind=selected, form=form or selected.form(), **kwargs)
+        kind = kind or self._kind(self.request.GET.get("kind") or kinds[0].name)
+        return super().get_context_data(kinds=kinds, kind=kind, form=form or kind.form(), **kwargs)
 
     def post(self, request, *args, **kwargs):
-        kind = self._kind(request.POST.get("kind", ""))
+        try:
+            kind = get_kind(request.POST.get("kind", ""))
+        except UnknownKind as exc:  # a bad request, like any bad parameter: 400 with the reason
+            messages.error(request, str(exc))
+            return self.render_to_response(self.get_context_data(), status=400)
         params = {name: value for name, value in request.POST.items()
                   if name in kind.form.base_fields and value != ""}
         try:
@@ -62,10 +65,11 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
                         form.add_error(field, error)
                     elif field not in form.fields:
                         form.add_error(None, error)
-            return self.render_to_response(self.get_context_data(form=form), status=400)
+            return self.render_to_response(self.get_context_data(form=form, kind=kind), status=400)
         except services.OperationError as exc:
             messages.error(request, str(exc))
-            return self.render_to_response(self.get_context_data(form=kind.form(data=request.POST)), status=409)
+            return self.render_to_response(self.get_context_data(form=kind.form(data=request.POST), kind=kind),
+                                           status=409)
         messages.success(request, f"Started operation {operation.pk} ({kind.label}).")
         return redirect("operations:detail", pk=operation.pk)
 

@@ -5,6 +5,7 @@ operation row, a pause holds the members not yet started, and a task whose input
 before takes its result from the step cache at once, without running.
 """
 
+import math
 import random
 import time
 
@@ -26,7 +27,10 @@ def batch_add(param_a, param_b, seconds=(0, 0)):
 
 
 def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number: not a boolean, and finite (NaN and 1e400 parse, but no JSON column stores them)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
 
 
 class BatchSumForm(KindForm):

@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from celery import chain
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError
+from django.db import DatabaseError, IntegrityError, transaction
 
 from ..catalogue import Kind, register_kind
 from ..csvio import CsvFileError, chunks, copy_error, parse
@@ -57,7 +57,8 @@ def load_chunk(operation_id, chunk, source):
     rows = [(operation_id, *validated(line, fields, source))
             for line, fields in parse(chunk, len(RECORD_HEADER), source, RECORD_HEADER)]
     try:
-        write_rows(Record, Record.COLUMNS, rows)
+        with transaction.atomic():  # a savepoint: the rows before the duplicate must not count as stored
+            write_rows(Record, Record.COLUMNS, rows)
     except IntegrityError:
         raise duplicate_error(operation_id, chunk, rows, source) from None
 

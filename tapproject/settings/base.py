@@ -119,6 +119,11 @@ def database_from_url(url):
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config.setdefault("OPTIONS", {})
         config["OPTIONS"].setdefault("connect_timeout", 10)
+        # A worker frozen inside a transaction (SIGSTOP, a hung host) must not hold its locks
+        # forever: PostgreSQL ends such a session after the heartbeat lease, so a resumed run
+        # can take over its rows.
+        lease_ms = env_int("TAP_HEARTBEAT_LEASE", 120) * 1000
+        config["OPTIONS"].setdefault("options", f"-c idle_in_transaction_session_timeout={lease_ms}")
     return config
 
 
@@ -195,6 +200,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TIMEZONE = TIME_ZONE
+# Celery's Django fixup closes every database connection around every task unless this is set;
+# operations.tasks closes only the stale ones (CONN_MAX_AGE, errors) before each task instead.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BEAT_SCHEDULER = "operations.beat:OperationsScheduler"
 CELERY_TASK_ALWAYS_EAGER = False
 
@@ -234,6 +242,11 @@ TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 120)
 # Whether the reconciler re-dispatches interrupted operations by itself (else a user resumes).
 TAP_RECONCILE_REDISPATCH = env_bool("TAP_RECONCILE_REDISPATCH", False)
 TAP_RECONCILE_INTERVAL = env_int("TAP_RECONCILE_INTERVAL", 30)
+# PostgreSQL: whether a step's advance waits for the WAL flush. Off (the default), a database
+# crash can undo the last fraction of a second of advances — each together with its step's own
+# writes, so those steps run again; nothing is lost or doubled. Status changes and in-step
+# checkpoints always commit durably.
+TAP_DURABLE_STEP_COMMITS = env_bool("TAP_DURABLE_STEP_COMMITS", False)
 # CSV import / summary: server-side files live in TAP_CSV_DIR (the demo files too), uploads in
 # TAP_UPLOAD_DIR; a chunk of TAP_CSV_CHUNK_ROWS rows commits with its checkpoint.
 TAP_CSV_DIR = Path(env("TAP_CSV_DIR", VAR_DIR / "csv"))

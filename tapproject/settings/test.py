@@ -56,6 +56,17 @@ TAP_HEARTBEAT_LEASE = int(os.environ.get("TAP_HEARTBEAT_LEASE", "6"))
 # Kinds only the tests use (flaky steps, row-writing steps), and the docs/extending.md example.
 TAP_KIND_MODULES = ["tests.support.kinds", "docs.examples.publish"]
 TAP_RECONCILE_INTERVAL = 1
+# Fault injection (tests/faults): a worker started with TAP_FAULTS loads the injector, and
+# TAP_FAULT_VISIBILITY makes Redis redeliver unacknowledged messages after that many seconds.
+if os.environ.get("TAP_FAULTS"):
+    TAP_KIND_MODULES.append("tests.faults.inject")
+if os.environ.get("TAP_FAULT_VISIBILITY"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {  # noqa: F405
+        **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405
+        "visibility_timeout": int(os.environ["TAP_FAULT_VISIBILITY"]),
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
 TAP_BATCH_MIN_SECONDS = TAP_BATCH_MAX_SECONDS = 0.0
 
 from .base import STATIC_ROOT  # noqa: E402
