@@ -174,10 +174,9 @@ class Run:
         status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
                                        count_step=self.count_steps)
         following = index + 1
-        if following >= self.length or (
-                status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length)):
-            self.stop_here(status, following, result)
-        else:
+        stops = following >= self.length or (
+            status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length))
+        if not (stops and self.stop_here(status, following, result)):
             services.dispatch_on_commit(self.operation_id, self.run_token, following, self.steps)
 
 
@@ -190,8 +189,9 @@ def run_step(task, operation_id, run_token, index):
     run = Run(operation_id, run_token)
     if (claim.status != Status.RUNNING and is_pause_point(index, run.pause_every, run.length)) \
             or index >= run.length:
-        run.stop_here(claim.status, index, claim.carry)
-        return
+        if run.stop_here(claim.status, index, claim.carry):
+            return
+        # The pause was withdrawn since the claim: run the step after all.
     entry = run.steps[index]
     if "group" in entry:
         _fan_out(run, index, entry["group"])
@@ -219,10 +219,16 @@ def run_step(task, operation_id, run_token, index):
                     services.cache_put(spec, args, kwargs, result)
                     run.advance(ctx.fence, index, result)
     except StopStep as stop:
-        run.stop_here(stop.status, index, where=f"inside step {index + 1} of {run.length}, at its last checkpoint")
+        if not run.stop_here(stop.status, index, where=f"inside step {index + 1} of {run.length}, at its last checkpoint"):
+            # The pause was withdrawn since the checkpoint: go on from it.
+            services.dispatch_on_commit(operation_id, run_token, index, run.steps)
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
+        if not services.step_still_owns(operation_id, run_token, ctx.fence):
+            log.warning("operation %s: step %s of run %s failed (%s: %s) after another run took over; "
+                        "its writes were rolled back", operation_id, index, run_token, type(exc).__name__, exc)
+            return
         _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index + 1} of {run.length} ({spec.name})")
 
 
@@ -294,6 +300,10 @@ def run_member(task, operation_id, run_token, index, member_index):
         log.warning("%s: this member's result was discarded", exc)
         return
     except Exception as exc:
+        if not services.step_still_owns(operation_id, run_token):
+            log.warning("operation %s: %s of run %s failed after another run took over; its result was "
+                        "discarded", operation_id, where, run_token)
+            return
         _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"{where} ({spec.name})",
                        before_retry=lambda: services.member_reset(operation_id, index, member_index))
         return

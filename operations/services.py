@@ -439,6 +439,13 @@ def step_checkpoint(operation_id, run_token, fence, state, *, done=None, total=N
     return row[0]
 
 
+def step_still_owns(operation_id, run_token, fence=None):
+    """Whether this run (and write sequence) still owns the operation: a failure of a run that
+    does not is a stale duplicate's, to be discarded rather than reported."""
+    row = Operation.objects.filter(pk=operation_id).values_list("status", "run_token", "fence").first()
+    return bool(row) and row[0] in ACTIVE and row[1] == run_token and (fence is None or row[2] == fence)
+
+
 def operation_heartbeat(operation_id, run_token):
     return bus.update(
         operation_id, {"heartbeat_at": timezone.now()},
@@ -450,26 +457,43 @@ def operation_heartbeat(operation_id, run_token):
 def operation_at_pause_point(operation_id, run_token, status, *, index, length, result=None, where=None):
     """At a pause point: obey a pending pause or cancel, or complete after the last step.
 
-    Returns True when the chain stops here (paused, cancelled or completed).
+    Returns True when the chain stops here (paused, cancelled, completed, or no longer this
+    run's), False when it goes on. ``status`` was read before: if a user moved the row since
+    (withdrew the pause, cancelled on top of it, paused before the completion), the transition
+    changes nothing, and the row is read and decided again — a chain must never stop silently.
     """
+    while True:
+        stopped = _stop_at_pause_point(operation_id, run_token, status, index=index, length=length,
+                                       result=result, where=where)
+        if stopped is not None:
+            return stopped
+        status = (Operation.objects.filter(pk=operation_id, run_token=run_token, status__in=ACTIVE)
+                  .values_list("status", flat=True).first())
+        if status is None:
+            return True
+
+
+def _stop_at_pause_point(operation_id, run_token, status, *, index, length, result, where):
+    """One attempt: True if stopped here, False if the chain goes on, None if the row moved."""
     if status == Status.PAUSE_REQUESTED:
         if where is None:
             where = ("after the last step; resume completes it" if index >= length
                      else f"after {index} of {length} step(s)")
         with transaction.atomic():
-            return _transition(operation_id, "obey_pause", WORKER, token=run_token,
-                               note=f"paused {where}") is not None
-    if status == Status.CANCEL_REQUESTED:
-        return _cancel(operation_id, "obey_cancel", WORKER, token=run_token) is not None
-    if index >= length:
+            row = _transition(operation_id, "obey_pause", WORKER, token=run_token, note=f"paused {where}")
+    elif status == Status.CANCEL_REQUESTED:
+        row = _cancel(operation_id, "obey_cancel", WORKER, token=run_token)
+    elif index >= length:
         with transaction.atomic():
-            return _transition(
+            row = _transition(
                 operation_id, "complete", WORKER, token=run_token,
                 assignments={"result": result,
                              "progress_done": bus.Raw(f"COALESCE({bus.column('progress_total')}, {bus.column('progress_done')})")},
                 note=f"completed {length} step(s)",
-            ) is not None
-    return False
+            )
+    else:
+        return False
+    return None if row is None else True
 
 
 def operation_fail(operation_id, run_token, error):

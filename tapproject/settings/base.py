@@ -49,6 +49,8 @@ VAR_DIR = Path(env("TAP_VAR_DIR", BASE_DIR / "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = env("SECRET_KEY", "")
+#: The key dev and test settings fall back to; it is public, so production refuses it.
+DEV_ONLY_SECRET_KEY = "dev-only-insecure-key-never-used-in-production-4f8a1c2e9b7d"
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

@@ -1,10 +1,10 @@
 """Local development: the embedded default (SQLite + filesystem broker under var/), DEBUG on."""
 
 from .base import *  # noqa: F403
-from .base import env, env_bool, env_list
+from .base import DEV_ONLY_SECRET_KEY, env, env_bool, env_list
 
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env("SECRET_KEY") or "dev-only-insecure-key-never-used-in-production-4f8a1c2e9b7d"
+SECRET_KEY = env("SECRET_KEY") or DEV_ONLY_SECRET_KEY
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 # Serve static files straight from the apps while developing (no collectstatic step).
 WHITENOISE_USE_FINDERS = True

@@ -3,10 +3,11 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env, env_bool, env_int, env_list
+from .base import DEV_ONLY_SECRET_KEY, env, env_bool, env_int, env_list
 
 SECRET_KEY = env("SECRET_KEY", "")
-if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure"):
+if (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure")
+        or SECRET_KEY == DEV_ONLY_SECRET_KEY):
     raise ImproperlyConfigured(
         "SECRET_KEY must be set in the environment for production: at least 50 random "
         "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')."

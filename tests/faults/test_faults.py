@@ -1,0 +1,297 @@
+"""Inject the faults, then check the history: nothing lost, nothing run twice (issue 6).
+
+Each fault strikes at a random point (seeded) of a CSV import and of a multi-step chain whose
+every step writes a row. Afterwards the operation is driven to completion the way an operator
+would (resume what is interrupted or paused, retry what failed) and ``check_operation`` must
+find exact row counts, no duplicate, the input's checksum and only legal transitions.
+
+``TAP_FAULT_ROUNDS`` (default 1, ``make faults``: 10) sets how many seeds each fault gets; every
+run is appended to var/faults/results.jsonl, from which docs/reliability.md is written.
+"""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from operations import services
+from operations.demo_files import write_demo_csv
+from operations.models import Operation
+from operations.states import Status
+from tests.conftest import BACKEND
+from tests.faults.checker import check_operation, rows_checksum
+from tests.support.ops import wait_for
+from tests.support.worker import ROOT, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = int(os.environ.get("TAP_FAULT_ROUNDS", "1"))
+RESULTS = ROOT / "var" / "faults" / "results.jsonl"
+IMPORT_ROWS = 20_000
+CHAIN_STEPS = 25
+
+
+# --- workloads --------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str
+    params: dict
+    expected: dict
+    total: int
+
+
+def workloads(rows_per_second=8000, step_delay=0.12):
+    path = Path(settings.TAP_CSV_DIR) / "faults.csv"
+    if not path.exists():
+        write_demo_csv(path, rows=IMPORT_ROWS)
+    with open(path, newline="") as f:
+        checksum = rows_checksum((int(r[0]), r[1], r[2], f"{float(r[3]):.2f}", r[4]) for r in list(csv.reader(f))[1:])
+    return {
+        "import": Workload("import", "csv_import", {"path": path.name, "chunk_rows": 500,
+                                                     "rows_per_second": rows_per_second},
+                           {"rows": IMPORT_ROWS, "checksum": checksum}, IMPORT_ROWS),
+        "chain": Workload("chain", "records", {"steps": CHAIN_STEPS, "delay": step_delay},
+                          {"rows": CHAIN_STEPS, "result": CHAIN_STEPS}, CHAIN_STEPS),
+    }
+
+
+# --- driving and checking ---------------------------------------------------------------------
+
+
+def start_and_reach(workload, rng):
+    """Start the workload and wait until it reached a random point between 10 % and 70 %."""
+    operation = services.operation_start(kind=workload.kind, params=workload.params, actor="cli")
+    point = max(1, int(workload.total * rng.uniform(0.1, 0.7)))
+    wait_for(operation.pk, lambda op: op.progress_done >= point or op.status == Status.COMPLETED,
+             timeout=60, what=f"progress {point}")
+    return operation.pk
+
+
+def drive_to_completion(operation_id, timeout=180):
+    """What an operator (or TAP_RECONCILE_REDISPATCH) does: resume the interrupted and paused,
+    retry the failed, until it completes. Returns the interventions made."""
+    interventions, deadline = [], time.monotonic() + timeout
+    while True:
+        close_old_connections()
+        services.operations_reconcile()
+        status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).get()
+        if status == Status.COMPLETED:
+            return interventions
+        try:
+            if status in (Status.INTERRUPTED, Status.PAUSED):
+                services.operation_resume(operation=operation_id, actor="cli")
+                interventions.append(f"resume from {status}")
+            elif status == Status.FAILED:
+                services.operation_retry(operation=operation_id, actor="cli")
+                interventions.append("retry")
+        except services.TransitionRefused:
+            pass  # it moved on meanwhile
+        assert time.monotonic() < deadline, f"operation {operation_id} did not complete: {status}, {interventions}"
+        time.sleep(0.3)
+
+
+def verdict(fault, workload, seed, operation_id, interventions, started):
+    problems = check_operation(operation_id, **workload.expected)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as out:
+        out.write(json.dumps({
+            "fault": fault, "workload": workload.name, "backend": BACKEND, "seed": seed,
+            "problems": problems, "interventions": interventions,
+            "seconds": round(time.monotonic() - started, 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }) + "\n")
+    assert problems == [], f"{fault}/{workload.name} seed {seed}: {problems}"
+
+
+def turned_away(log, operation_id):
+    """Log lines where the engine refused a duplicate of a step: ignored at the claim, or fenced
+    off (its writes rolled back) at the advance or a checkpoint."""
+    return [line for line in log.splitlines() if f"operation {operation_id}:" in line
+            and ("ignored" in line or "rolled back" in line)]
+
+
+def ensure_running(worker):
+    if not worker.alive():
+        worker.start()
+        worker.wait_ready()
+
+
+@contextmanager
+def replaced_worker(session_worker, name, **extra_env):
+    """Run with a worker started with ``extra_env`` in place of the session's worker."""
+    session_worker.stop()
+    special = WorkerProcess({**session_worker.env, **extra_env}, session_worker.log_path.parent / f"{name}.log")
+    special.start()
+    special.wait_ready()
+    try:
+        yield special
+    finally:
+        special.kill()
+        session_worker.start()
+        session_worker.wait_ready()
+
+
+# --- services that go down --------------------------------------------------------------------
+
+
+def _wait(check, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        time.sleep(0.2)
+
+
+def _quiet(*cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def redis_up():
+    return _quiet("redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping").stdout.strip() == "PONG"
+
+
+def restart_redis_losing_everything():
+    _quiet("redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave")
+    _wait(lambda: not redis_up(), "Redis stops")
+    _quiet("redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
+           "--appendonly", "no")
+    _wait(redis_up, "Redis starts")
+
+
+def postgres_cluster():
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", sorted(os.listdir("/etc/postgresql"))[-1], "main"]
+
+
+def postgres_up():
+    return _quiet("pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q").returncode == 0
+
+
+def crash_and_restart_postgres(down_for):
+    connection.close()
+    _quiet(*postgres_cluster(), "stop", "-m", "immediate")
+    _wait(lambda: not postgres_up(), "PostgreSQL stops")
+    time.sleep(down_for)
+    _quiet(*postgres_cluster(), "start")
+    _wait(postgres_up, "PostgreSQL starts")
+    connection.close()
+
+
+# --- the faults -------------------------------------------------------------------------------
+
+SEEDS = range(ROUNDS)
+WORKLOADS = ["import", "chain"]
+
+
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+@pytest.mark.parametrize("target", ["pool-child", "whole-worker"])
+def test_sigkill(worker, target, workload_name, seed):
+    rng, started = random.Random(f"sigkill-{target}-{workload_name}-{seed}"), time.monotonic()
+    workload = workloads()[workload_name]
+    operation_id = start_and_reach(workload, rng)
+    if target == "pool-child":
+        for child in worker.children():  # the main process notices, gives the message back, forks anew
+            child.send_signal(signal.SIGKILL)
+    else:
+        worker.kill()
+        time.sleep(rng.uniform(0, 2))
+        worker.start()
+        worker.wait_ready()
+    interventions = drive_to_completion(operation_id)
+    verdict(f"sigkill-{target}", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_redis_restarted_without_persistence(worker, workload_name, seed):
+    rng, started = random.Random(f"redis-{workload_name}-{seed}"), time.monotonic()
+    workload = workloads()[workload_name]
+    operation_id = start_and_reach(workload, rng)
+    restart_redis_losing_everything()  # the queued and unacknowledged messages are gone
+    ensure_running(worker)
+    interventions = drive_to_completion(operation_id)
+    verdict("redis-restart", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_postgres_crashes_mid_chunk(worker, workload_name, seed):
+    rng, started = random.Random(f"postgres-{workload_name}-{seed}"), time.monotonic()
+    workload = workloads()[workload_name]
+    operation_id = start_and_reach(workload, rng)
+    crash_and_restart_postgres(down_for=rng.uniform(0.5, 3))
+    ensure_running(worker)
+    interventions = drive_to_completion(operation_id)
+    verdict("postgres-crash", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_every_message_published_twice(worker, workload_name, seed, monkeypatch):
+    from tapproject.celery import app
+    from tests.faults import inject
+
+    started = time.monotonic()
+    workload = workloads()[workload_name]
+    monkeypatch.setattr(app, "send_task", inject.publish_twice(app.send_task))  # this process's dispatches
+    with replaced_worker(worker, "duplicating-worker", TAP_FAULTS="duplicate") as duplicating:
+        operation_id = services.operation_start(kind=workload.kind, params=workload.params, actor="cli").pk
+        interventions = drive_to_completion(operation_id)
+        turned = turned_away(duplicating.log_text(), operation_id)
+    assert turned, "the duplicates never reached the engine"
+    verdict("duplicate-messages", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_a_step_outliving_the_visibility_timeout_is_fenced(worker, workload_name, seed):
+    started = time.monotonic()
+    # A long step: one import step of ~6 s, or chain steps of 4 s — past a 2 s visibility timeout.
+    workload = workloads(rows_per_second=3500, step_delay=4)[workload_name]
+    if workload_name == "chain":
+        workload.params["steps"] = workload.expected["rows"] = workload.expected["result"] = workload.total = 3
+    with replaced_worker(worker, "short-visibility-worker", TAP_FAULT_VISIBILITY="2") as redelivering:
+        operation_id = services.operation_start(kind=workload.kind, params=workload.params, actor="cli").pk
+        interventions = drive_to_completion(operation_id)
+        turned = turned_away(redelivering.log_text(), operation_id)
+    assert turned, "Redis never redelivered the long step"
+    verdict("visibility-timeout", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, workload_name, seed):
+    rng, started = random.Random(f"sigstop-{workload_name}-{seed}"), time.monotonic()
+    workload = workloads()[workload_name]
+    operation_id = start_and_reach(workload, rng)
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(operation_id, lambda op: op.pk in services.operations_reconcile() or op.status == Status.INTERRUPTED,
+                 timeout=settings.TAP_HEARTBEAT_LEASE + 20, what="interrupted by the reconciler")
+        rescuer = WorkerProcess(worker.env, worker.log_path.parent / "rescuer.log")
+        rescuer.start()
+        rescuer.wait_ready()
+        interventions = drive_to_completion(operation_id)
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    time.sleep(3)  # the woken worker finishes its step: its writes must be refused
+    rescuer.stop()
+    assert turned_away(worker.log_text(), operation_id), worker.log_tail()
+    verdict("sigstop-past-lease", workload, seed, operation_id, interventions, started)
