@@ -43,9 +43,25 @@ test-pg-redis: install
 test-pg-rabbitmq: install
 	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
+# The long randomized fault suite (10 seeds per fault, a long control storm) on every backend;
+# it rewrites docs/reliability.md. `make test` runs one round of the same suite.
+FAULT_ROUNDS ?= 10
+STORM_COMMANDS ?= 5000
+faults: install
+	rm -rf var/faults
+	-TAP_FAULT_ROUNDS=$(FAULT_ROUNDS) TAP_STORM_COMMANDS=$(STORM_COMMANDS) TAP_TEST_BACKEND=pg-redis \
+	  $(BIN)/python -m pytest -m integration tests/faults --junitxml=var/faults/junit-pg-redis.xml
+	-TAP_FAULT_ROUNDS=$(FAULT_ROUNDS) TAP_STORM_COMMANDS=$(STORM_COMMANDS) TAP_TEST_BACKEND=pg-rabbitmq \
+	  $(BIN)/python -m pytest -m integration tests/faults --junitxml=var/faults/junit-pg-rabbitmq.xml
+	-TAP_FAULT_ROUNDS=$(FAULT_ROUNDS) TAP_STORM_COMMANDS=$(STORM_COMMANDS) TAP_TEST_BACKEND=sqlite-fs \
+	  $(BIN)/python -m pytest tests/faults --junitxml=var/faults/junit-sqlite-fs.xml
+	$(BIN)/python -m tests.faults.report > docs/reliability.md
+	@echo "docs/reliability.md written"
+
 # Benchmarks (reports, not tests): they need PostgreSQL and Redis on 127.0.0.1.
 bench: install
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/import_csv.py
 
 lint: install
 	$(BIN)/ruff check --select F,E,I --ignore E501 operations accounts tapproject tests bench docs

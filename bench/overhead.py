@@ -16,7 +16,6 @@ The worker imports this module too (``TAP_KIND_MODULES=bench.overhead``) to know
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,11 +28,12 @@ if str(ROOT) not in sys.path:  # run as a script, bench/ is sys.path[0]: the pro
 from celery import chain
 from django import forms
 
+from bench import common
 from operations.catalogue import Kind, KindForm, register_kind
 
-DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tapbench"
-MAINTENANCE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-BROKER_URL = "redis://127.0.0.1:6379/6"
+DATABASE = "tapbench"
+DATABASE_URL = common.database_url(DATABASE)
+BROKER_URL = common.broker_url(6)
 VAR_DIR = ROOT / "var" / "bench"
 POLL = 0.002  # seconds between two reads of the result, the same on both sides
 RATIO_TARGETS = {200: ("≤ 1.10×", lambda ratio: ratio <= 1.10),
@@ -77,31 +77,15 @@ register_kind(Kind(
 
 
 def configure_environment():
-    """The environment of this process and of the worker; set before Django reads settings.
-
-    dev settings, as the project runs them, but with DEBUG off (as in production) so neither
-    process records every query it runs.
-    """
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="tapproject.settings.dev",
-        DEBUG="false",
-        DATABASE_URL=DATABASE_URL,
-        CELERY_BROKER_URL=BROKER_URL,
-        TAP_KIND_MODULES="bench.overhead",
-        TAP_VAR_DIR=str(VAR_DIR),
-        PYTHONUNBUFFERED="1",
-    )
+    """The environment of this process and of the worker (see ``common.configure_environment``)."""
+    common.configure_environment(database_url=DATABASE_URL, broker_url=BROKER_URL,
+                                 var_dir=VAR_DIR, kind_modules="bench.overhead")
 
 
 def reset_services():
     """A fresh ``tapbench`` database and an empty Redis db: no leftover rows or messages."""
-    import psycopg
-    import redis
-
-    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS tapbench WITH (FORCE)")
-        conn.execute("CREATE DATABASE tapbench")
-    redis.Redis.from_url(BROKER_URL).flushdb()
+    common.reset_database(DATABASE)
+    common.reset_broker(BROKER_URL)
 
 
 # --- one measurement ------------------------------------------------------------------------
@@ -235,28 +219,14 @@ def main(argv=None):
 
     configure_environment()
     reset_services()
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    import tapproject  # noqa: F401  (the Celery app, configured from the settings)
-    from tests.support.worker import WorkerProcess
-
-    call_command("migrate", verbosity=0)
-    worker = WorkerProcess(dict(os.environ), VAR_DIR / "worker.log", concurrency=1,
-                           pool="prefork", name="bench")
-    worker.log_path.unlink(missing_ok=True)
+    common.setup_django()
+    worker = common.make_worker(VAR_DIR / "worker.log")
     print(f"PostgreSQL tapbench + Redis db 6; one prefork worker, --concurrency 1 "
           f"(log: {worker.log_path.relative_to(ROOT)})", flush=True)
-    worker.start()
-    try:
-        worker.wait_ready()
+    with common.running(worker):
         for side in SIDES.values():  # warm-up: imports, connections, first-call code paths
             side(20)
         medians, workflow_bytes = measure(args.steps, args.rounds)
-    finally:
-        worker.stop()
     report(args.steps, args.rounds, medians, workflow_bytes)
     return 0
 

@@ -11,7 +11,6 @@ from django.db import connection
 
 from .models import Operation
 
-
 #: Joined into an UPDATE on PostgreSQL, sets how the enclosing transaction commits: "off" does
 #: not wait for the WAL flush, "on" (the default) does. The last setting in a transaction wins.
 COMMIT_MODE = " FROM (SELECT set_config('synchronous_commit', %s, true)) AS commit_mode"

@@ -30,16 +30,27 @@ class CsvFileError(ValueError):
         self.file, self.line, self.column, self.reason = file, line, column, reason
 
 
+#: How much of the file the fast path reads at a time.
+BLOCK_BYTES = 1 << 20
+
+
 @dataclass
 class Chunk:
-    """Up to ``chunk_rows`` records: raw bytes (each ending in a newline) and their first lines."""
+    """Up to ``chunk_rows`` records, as ``records`` (raw bytes, each ending in a newline, with
+    their first ``lines``) or — the fast path — as ``blocks`` of the file cut at line ends, in
+    which every line is one record, starting at ``first_line``."""
 
-    records: list
-    lines: list
     next_offset: int
     next_line: int
-    #: No record spans lines and none holds a quote: a chunk can go to COPY as it is.
-    plain: bool
+    rows: int
+    records: list = None
+    lines: list = None
+    blocks: list = None
+    first_line: int = 0
+
+    def line_of(self, index):
+        """The file's line of the chunk's record ``index`` (0-based)."""
+        return self.first_line + index if self.blocks is not None else self.lines[index]
 
 
 def start_state(path, header, display_name):
@@ -74,13 +85,53 @@ def start_state(path, header, display_name):
     return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
 
 
-def read_chunk(f, line, chunk_rows, display_name):
+def read_blocks(f, line, chunk_rows):
+    """The fast path: up to ``chunk_rows`` lines as blocks of bytes, if each line is one plain
+    record (no quote, no blank line, no stray CR, no over-long line); else None, ``f`` rewound."""
+    start, blocks, rows = f.tell(), [], 0
+    while rows < chunk_rows:
+        raw = f.read(BLOCK_BYTES)
+        if not raw:
+            break
+        if not raw.endswith(b"\n"):
+            cut = raw.rfind(b"\n")
+            if cut >= 0:  # keep whole lines; the rest is read again with the next block
+                f.seek(cut + 1 - len(raw), 1)
+                raw = raw[:cut + 1]
+            elif len(raw) < BLOCK_BYTES:
+                raw += b"\n"  # the file's last line, without a newline
+            else:
+                f.seek(start)
+                return None  # a line longer than a block: the record reader says where
+        count = raw.count(b"\n")
+        if rows + count > chunk_rows:  # keep only the lines this chunk still needs
+            end = -1
+            for _ in range(chunk_rows - rows):
+                end = raw.index(b"\n", end + 1)
+            f.seek(end + 1 - len(raw), 1)
+            raw, count = raw[:end + 1], chunk_rows - rows
+        block = raw.replace(b"\r\n", b"\n") if b"\r" in raw else raw
+        if b'"' in block or b"\r" in block or b"\n\n" in block or block.startswith(b"\n"):
+            f.seek(start)
+            return None
+        blocks.append(block)
+        rows += count
+    if not blocks:
+        return None
+    return Chunk(f.tell(), line + rows, rows, blocks=blocks, first_line=line)
+
+
+def read_chunk(f, line, chunk_rows, display_name, blocks=False):
     """Read up to ``chunk_rows`` records from the current position of ``f`` (opened in binary).
 
     Blank lines are skipped; a quoted field may span lines (the record keeps its first line).
+    With ``blocks``, a chunk of plain records comes back as blocks of the file (``read_blocks``).
     """
+    if blocks:
+        chunk = read_blocks(f, line, chunk_rows)
+        if chunk is not None:
+            return chunk
     records, lines = [], []
-    plain = True
     readline = f.readline
     while len(records) < chunk_rows:
         raw = readline(MAX_LINE_BYTES)
@@ -93,7 +144,6 @@ def read_chunk(f, line, chunk_rows, display_name):
         if raw in (b"\n", b"\r\n"):
             continue
         if b'"' in raw:
-            plain = False
             while raw.count(b'"') % 2:  # an open quote: the record continues on the next line
                 more = readline(MAX_LINE_BYTES)
                 if not more:
@@ -105,10 +155,10 @@ def read_chunk(f, line, chunk_rows, display_name):
             raw += b"\n"
         records.append(raw)
         lines.append(start_line)
-    return Chunk(records, lines, f.tell(), line, plain)
+    return Chunk(f.tell(), line, len(records), records=records, lines=lines)
 
 
-def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, **initial):
+def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, blocks=False, **initial):
     """Yield (chunk, cursor after it) from ``state`` (a checkpoint's cursor, or None) to the end.
 
     The cursor holds the byte offset, the next line, the rows so far and the total (exact once
@@ -119,17 +169,17 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
     with open(path, "rb") as f:
         f.seek(state["offset"])
         while True:
-            chunk = read_chunk(f, state["line"], chunk_rows, display_name)
-            if not chunk.records:
+            chunk = read_chunk(f, state["line"], chunk_rows, display_name, blocks=blocks)
+            if not chunk.rows:
                 return
-            rows = state["rows"] + len(chunk.records)
-            at_end = len(chunk.records) < chunk_rows
+            rows = state["rows"] + chunk.rows
+            at_end = chunk.rows < chunk_rows
             state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows,
                      "total": rows if at_end else max(state["total"], rows)}
             yield chunk, state
             if at_end:
                 return
-            pace(len(chunk.records))
+            pace(chunk.rows)
 
 
 def parse(chunk, width, display_name, columns):
@@ -160,7 +210,7 @@ def copy_error(exc, chunk, display_name, column_names, header):
     line = column = None
     if match:
         index = int(match.group(1)) - 1
-        line = chunk.lines[index] if 0 <= index < len(chunk.lines) else None
+        line = chunk.line_of(index) if 0 <= index < chunk.rows else None
         column = column_names.get(match.group(2), match.group(2)) if match.group(2) else None
     reason = (diag.message_primary if diag else None) or str(exc).splitlines()[0]
     width = f"expected {len(header)} columns ({', '.join(header)})"

@@ -12,12 +12,16 @@ def _columns(model, columns):
     return table, ", ".join(connection.ops.quote_name(c) for c in columns)
 
 
-def copy_csv(model, columns, payload):
-    """PostgreSQL: stream CSV bytes (one row per line, no header) into ``model``'s table."""
+def copy_csv(model, columns, pieces):
+    """PostgreSQL: stream CSV bytes (no header), piece by piece, into ``model``'s table.
+
+    PostgreSQL parses one piece while the next is prepared here.
+    """
     table, names = _columns(model, columns)
     with connection.cursor() as cursor:
         with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(payload)
+            for piece in pieces:
+                copy.write(piece)
 
 
 def write_rows(model, columns, rows):

@@ -28,7 +28,8 @@ CENT = Decimal("0.01")
 
 @step(name="operations.csv_import", context=True, atomic=False)
 def import_csv(ctx, path, source, chunk_rows, rows_per_second=None):
-    for chunk, state in chunks(ctx.state, path, RECORD_HEADER, source, chunk_rows, rows_per_second):
+    for chunk, state in chunks(ctx.state, path, RECORD_HEADER, source, chunk_rows, rows_per_second,
+                               blocks=is_postgresql()):
         with ctx.checkpoint(state, done=state["rows"], total=state["total"]):
             load_chunk(ctx.operation_id, chunk, source)
     return {"rows": (ctx.state or {}).get("rows", 0), "file": source}
@@ -37,16 +38,15 @@ def import_csv(ctx, path, source, chunk_rows, rows_per_second=None):
 def load_chunk(operation_id, chunk, source):
     """Write a chunk's records for ``operation_id``; a bad row raises CsvFileError."""
     if is_postgresql():
+        # The file's own bytes, each line prefixed with the operation id: PostgreSQL parses and
+        # checks them (types, lengths, the unique id), and names the line of a bad one.
+        prefix = b"%d," % operation_id
+        if chunk.blocks is not None:
+            pieces = (prefix + block[:-1].replace(b"\n", b"\n" + prefix) + b"\n" for block in chunk.blocks)
+        else:
+            pieces = [b"".join(prefix + record for record in chunk.records)]
         try:
-            if chunk.plain:  # the fast path: the file's own bytes, prefixed with the operation id
-                data = b"".join(chunk.records)
-                if b"\r" in data:
-                    data = data.replace(b"\r\n", b"\n")
-                prefix = b"%d," % operation_id
-                copy_csv(Record, Record.COLUMNS, prefix + data[:-1].replace(b"\n", b"\n" + prefix) + b"\n")
-            else:
-                write_rows(Record, Record.COLUMNS, [(operation_id, *fields) for _, fields in
-                                                    parse(chunk, len(RECORD_HEADER), source, RECORD_HEADER)])
+            copy_csv(Record, Record.COLUMNS, pieces)
         except DatabaseError as exc:
             raise copy_error(exc.__cause__ or exc, chunk, source, CSV_COLUMN, RECORD_HEADER) from None
         except Exception as exc:
@@ -57,7 +57,7 @@ def load_chunk(operation_id, chunk, source):
     rows = [(operation_id, *validated(line, fields, source))
             for line, fields in parse(chunk, len(RECORD_HEADER), source, RECORD_HEADER)]
     try:
-        with transaction.atomic():  # a savepoint: the rows before the duplicate must not count as stored
+        with transaction.atomic():  # a savepoint: the search for the duplicate sees only earlier chunks
             write_rows(Record, Record.COLUMNS, rows)
     except IntegrityError:
         raise duplicate_error(operation_id, chunk, rows, source) from None
