@@ -332,8 +332,8 @@ def _finish_group(run, index):
 
 def _log_stale(operation_id, run_token, index, claim):
     if claim is not None:
-        log.warning("operation %s: ignored step %s of run %s: the operation is already at step %s "
-                    "(a duplicate delivery)", operation_id, index, run_token, claim.step_index)
+        log.warning("operation %s: ignored step %s of run %s: the operation is at step %s "
+                    "(a duplicate or late delivery)", operation_id, index, run_token, claim.step_index)
         return
     row = Operation.objects.filter(pk=operation_id).values_list("status", "run_token").first()
     if row is None:

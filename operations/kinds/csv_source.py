@@ -28,6 +28,12 @@ class CsvSourceForm(ChunkedForm):
     field_order = ["file", "path"]
     setting_defaults = {"chunk_rows": "TAP_CSV_CHUNK_ROWS"}
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # On the New page, a list of the server's files (the demo files among them).
+        self.fields["path"].widget = forms.Select(
+            choices=[("", "— or pick a file on the server —")] + [(name, name) for name in server_files()])
+
     def clean_file(self):
         upload = self.cleaned_data.get("file")
         limit = settings.TAP_CSV_MAX_UPLOAD_MB * 1024 * 1024

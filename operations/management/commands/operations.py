@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
@@ -81,10 +82,12 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(kind.name) + f"  {kind.label}")
             if kind.description:
                 self.stdout.write(f"    {kind.description}")
-            for name, field in kind.form.base_fields.items():
+            form = kind.form()
+            for name, field in form.fields.items():
                 default = f" (default {field.initial})" if field.initial not in (None, "") else ""
                 required = " (required)" if field.required else ""
-                self.stdout.write(f"    --param {name}=…{required}{default}  {field.help_text}")
+                option = "--file PATH" if isinstance(field, forms.FileField) else f"--param {name}=…"
+                self.stdout.write(f"    {option}{required}{default}  {field.help_text}")
 
     def do_start(self, kind, param, file, owner, json, **options):
         params = {}
