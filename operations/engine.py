@@ -226,8 +226,9 @@ def run_step(task, operation_id, run_token, index):
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
         if not services.step_still_owns(operation_id, run_token, ctx.fence):
-            log.warning("operation %s: step %s of run %s failed (%s: %s) after another run took over; "
-                        "its writes were rolled back", operation_id, index, run_token, type(exc).__name__, exc)
+            log.warning("operation %s: step %s of run %s failed (%s: %s) while another delivery or run moved "
+                        "the operation on; its writes were rolled back", operation_id, index, run_token,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return
         _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index + 1} of {run.length} ({spec.name})")
 
@@ -301,8 +302,8 @@ def run_member(task, operation_id, run_token, index, member_index):
         return
     except Exception as exc:
         if not services.step_still_owns(operation_id, run_token):
-            log.warning("operation %s: %s of run %s failed after another run took over; its result was "
-                        "discarded", operation_id, where, run_token)
+            log.warning("operation %s: %s of run %s failed while another delivery or run moved the operation "
+                        "on; its result was discarded", operation_id, where, run_token)
             return
         _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"{where} ({spec.name})",
                        before_retry=lambda: services.member_reset(operation_id, index, member_index))

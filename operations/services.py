@@ -363,9 +363,28 @@ def _redispatch(name):
     return handler
 
 
+def _withdraw_pause(operation_id, actor):
+    """The run goes on. Group members that a worker held back while the pause was pending have
+    no message any more: they get a new one (a duplicate of a live one cannot start twice)."""
+    with transaction.atomic():
+        row = _transition(operation_id, "withdraw_pause", actor, returning=("previous_status", "run_token", "step_index"),
+                          note="pause withdrawn before it landed; the run continues")
+        if row is None:
+            return None
+        _, token, index = row
+        steps = Operation.objects.filter(pk=operation_id).values_list("workflow", flat=True).get()["steps"]
+        if index < len(steps) and "group" in steps[index]:
+            held = StepMember.objects.filter(operation_id=operation_id, step_index=index,
+                                             state=StepMember.State.PENDING)
+            for member_index, task_id in held.values_list("member_index", "task_id"):
+                _dispatch_member_on_commit(operation_id, token, index, member_index, task_id,
+                                           steps[index]["group"][member_index])
+        return row
+
+
 _VERB_HANDLERS = {
     "pause": _simple("pause", "the worker pauses at the next pause point"),
-    "withdraw_pause": _simple("withdraw_pause", "pause withdrawn before it landed; the run continues"),
+    "withdraw_pause": lambda operation_id, actor: _withdraw_pause(operation_id, actor),
     "resume": _redispatch("resume"),
     "retry": _redispatch("retry"),
     "request_cancel": _simple("request_cancel", "the worker cancels at the next pause point"),

@@ -37,6 +37,9 @@ os.environ.setdefault("TAP_VAR_DIR", str(_root / "var" / "test" / f"{TAP_TEST_BA
 for _name, _value in BACKENDS[TAP_TEST_BACKEND].items():
     if _value is not None:
         os.environ.setdefault(_name, _value)
+# Short leases so the reconciler's behaviour is observable within a test (base.py also derives
+# PostgreSQL's idle-in-transaction timeout from it).
+os.environ.setdefault("TAP_HEARTBEAT_LEASE", "6")
 
 from .base import *  # noqa: E402,F403
 from .base import DATABASES, VAR_DIR  # noqa: E402
@@ -51,8 +54,6 @@ WHITENOISE_USE_FINDERS = True
 # database is a file, not pytest's default in-memory database.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
-# Short leases so the reconciler's behaviour is observable within a test.
-TAP_HEARTBEAT_LEASE = int(os.environ.get("TAP_HEARTBEAT_LEASE", "6"))
 # Kinds only the tests use (flaky steps, row-writing steps), and the docs/extending.md example.
 TAP_KIND_MODULES = ["tests.support.kinds", "docs.examples.publish"]
 TAP_RECONCILE_INTERVAL = 1

@@ -36,6 +36,13 @@ def load_runs():
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def record_run(run):
+    """Append one run (a dict with at least "fault" and "problems") to results.jsonl."""
+    FAULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(FAULTS_DIR / "results.jsonl", "a") as out:
+        out.write(json.dumps({**run, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
 def junit_cases():
     cases = []
     for path in sorted(FAULTS_DIR.glob("junit-*.xml")):
@@ -57,14 +64,15 @@ def fault_table(runs):
     for run in runs:
         if run.get("fault") in FAULTS:
             grouped[run["fault"], run["workload"], run["backend"]].append(run)
-    lines = ["| fault | workload | backend | runs | with problems | interventions (resume / retry) | median s |",
+    lines = ["| fault | workload | backend | runs | with problems | resumes / retries / worker restarts | median s |",
              "|---|---|---|---:|---:|---|---:|"]
     for (fault, workload, backend), items in sorted(grouped.items()):
         bad = sum(1 for item in items if item["problems"])
-        resumes = sum(sum(1 for i in item["interventions"] if i.startswith("resume")) for item in items)
-        retries = sum(sum(1 for i in item["interventions"] if i == "retry") for item in items)
+        done = [i for item in items for i in item["interventions"]]
+        counts = (sum(i.startswith("resume") for i in done), done.count("retry"), done.count("worker restarted"))
         seconds = statistics.median(item["seconds"] for item in items)
-        lines.append(f"| {fault} | {workload} | {backend} | {len(items)} | {bad} | {resumes} / {retries} | {seconds:.0f} |")
+        lines.append(f"| {fault} | {workload} | {backend} | {len(items)} | {bad} | {' / '.join(map(str, counts))} "
+                     f"| {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -115,9 +123,11 @@ history in which every status change is legal and continues from the previous on
 {fault_table(runs)}
 
 "with problems" counts runs in which the checker found a lost or doubled row, a wrong checksum
-or result, or an illegal transition. Interventions are what the operator did afterwards: a resume
+or result, or an illegal transition. Interventions are what an operator did afterwards: a resume
 of an operation the reconciler marked `interrupted` (its worker or its messages were gone), or a
-retry of one whose step failed while the database was down.
+retry of one whose step failed while the database was down; and what a process supervisor does:
+start a worker that exited (Celery 5.7's worker exits when Redis restarts under it — a kombu bug;
+`docker-compose.yml` restarts it).
 
 ## Concurrent control storm
 

@@ -10,7 +10,6 @@ run is appended to var/faults/results.jsonl, from which docs/reliability.md is w
 """
 
 import csv
-import json
 import os
 import random
 import signal
@@ -30,13 +29,13 @@ from operations.models import Operation
 from operations.states import Status
 from tests.conftest import BACKEND
 from tests.faults.checker import check_operation, rows_checksum
+from tests.faults.report import record_run
 from tests.support.ops import wait_for
-from tests.support.worker import ROOT, WorkerProcess
+from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 ROUNDS = int(os.environ.get("TAP_FAULT_ROUNDS", "1"))
-RESULTS = ROOT / "var" / "faults" / "results.jsonl"
 IMPORT_ROWS = 20_000
 CHAIN_STEPS = 25
 
@@ -80,11 +79,18 @@ def start_and_reach(workload, rng):
     return operation.pk
 
 
-def drive_to_completion(operation_id, timeout=180):
+def drive_to_completion(operation_id, timeout=180, workers=()):
     """What an operator (or TAP_RECONCILE_REDISPATCH) does: resume the interrupted and paused,
-    retry the failed, until it completes. Returns the interventions made."""
+    retry the failed, until it completes; and what a process supervisor does: start a worker
+    that exited again (Celery 5.7's worker exits when Redis restarts). Returns the interventions."""
     interventions, deadline = [], time.monotonic() + timeout
     while True:
+        for worker in workers:
+            if not worker.alive():
+                worker.kill()
+                worker.start()
+                worker.wait_ready()
+                interventions.append("worker restarted")
         close_old_connections()
         services.operations_reconcile()
         status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).get()
@@ -105,27 +111,30 @@ def drive_to_completion(operation_id, timeout=180):
 
 def verdict(fault, workload, seed, operation_id, interventions, started):
     problems = check_operation(operation_id, **workload.expected)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as out:
-        out.write(json.dumps({
-            "fault": fault, "workload": workload.name, "backend": BACKEND, "seed": seed,
-            "problems": problems, "interventions": interventions,
-            "seconds": round(time.monotonic() - started, 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }) + "\n")
+    record_run({"fault": fault, "workload": workload.name, "backend": BACKEND, "seed": seed,
+                "problems": problems, "interventions": interventions,
+                "seconds": round(time.monotonic() - started, 1)})
     assert problems == [], f"{fault}/{workload.name} seed {seed}: {problems}"
+
+
+def supervise(worker):
+    """What a process supervisor does after an outage: a worker that no longer answers (Celery
+    5.7's exits when Redis restarts under it, after finishing its running task) is replaced."""
+    try:
+        worker.wait_ready(timeout=20)
+        return []
+    except (TimeoutError, RuntimeError):
+        worker.kill()
+        worker.start()
+        worker.wait_ready()
+        return ["worker restarted"]
 
 
 def turned_away(log, operation_id):
     """Log lines where the engine refused a duplicate of a step: ignored at the claim, or fenced
     off (its writes rolled back) at the advance or a checkpoint."""
     return [line for line in log.splitlines() if f"operation {operation_id}:" in line
-            and ("ignored" in line or "rolled back" in line)]
-
-
-def ensure_running(worker):
-    if not worker.alive():
-        worker.start()
-        worker.wait_ready()
+            and ("ignored" in line or "rolled back" in line or "discarded" in line)]
 
 
 @contextmanager
@@ -221,8 +230,7 @@ def test_redis_restarted_without_persistence(worker, workload_name, seed):
     workload = workloads()[workload_name]
     operation_id = start_and_reach(workload, rng)
     restart_redis_losing_everything()  # the queued and unacknowledged messages are gone
-    ensure_running(worker)
-    interventions = drive_to_completion(operation_id)
+    interventions = supervise(worker) + drive_to_completion(operation_id, workers=[worker])
     verdict("redis-restart", workload, seed, operation_id, interventions, started)
 
 
@@ -234,8 +242,7 @@ def test_postgres_crashes_mid_chunk(worker, workload_name, seed):
     workload = workloads()[workload_name]
     operation_id = start_and_reach(workload, rng)
     crash_and_restart_postgres(down_for=rng.uniform(0.5, 3))
-    ensure_running(worker)
-    interventions = drive_to_completion(operation_id)
+    interventions = supervise(worker) + drive_to_completion(operation_id, workers=[worker])
     verdict("postgres-crash", workload, seed, operation_id, interventions, started)
 
 

@@ -1,6 +1,7 @@
 """Real Celery worker subprocesses for integration tests: start, wait until they answer, kill."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,18 @@ class WorkerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"worker did not answer within {timeout}s:\n{self.log_tail()}")
 
+    def wait_started(self, timeout=60):
+        """Block until the log of this (newly started) worker says it is ready: with another
+        worker running, the ping of ``wait_ready`` may be answered by that one instead."""
+        deadline = time.monotonic() + timeout
+        while not re.search(rf"{re.escape(self.name)}@\S+ ready\.", self.log_text()):
+            if not self.alive():
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker did not start within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        return self
+
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
@@ -114,3 +127,4 @@ class WorkerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
