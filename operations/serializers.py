@@ -42,6 +42,7 @@ class OperationSerializer(serializers.ModelSerializer):
     updated_at = IsoDateTimeField(read_only=True)
     heartbeat_at = IsoDateTimeField(read_only=True)
     actions = serializers.SerializerMethodField()
+    rows_stored = serializers.SerializerMethodField()
     remaining_workflow = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
 
@@ -50,7 +51,7 @@ class OperationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "status", "status_label", "owner", "params", "progress", "result", "error",
             "run_token", "created_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
-            "actions", "remaining_workflow", "events",
+            "actions", "rows_stored", "remaining_workflow", "events",
         ]
         read_only_fields = fields
 
@@ -59,6 +60,10 @@ class OperationSerializer(serializers.ModelSerializer):
 
     def get_actions(self, operation) -> list[str]:
         return selectors.operation_actions(operation)
+
+    def get_rows_stored(self, operation) -> int | None:
+        """Data rows the operation has stored right now (csv_import, bulk_insert); null for others."""
+        return selectors.operation_row_count(operation)
 
     def get_remaining_workflow(self, operation) -> dict:
         return selectors.remaining_workflow(operation)
@@ -71,5 +76,6 @@ class OperationListSerializer(OperationSerializer):
     """The list shows each operation without its history and plan (one query per page)."""
 
     class Meta(OperationSerializer.Meta):
-        fields = [f for f in OperationSerializer.Meta.fields if f not in {"events", "remaining_workflow"}]
+        fields = [f for f in OperationSerializer.Meta.fields
+                  if f not in {"events", "remaining_workflow", "rows_stored"}]
         read_only_fields = fields

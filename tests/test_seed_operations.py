@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from operations import selectors, services
 from operations.demo_files import write_demo_csv
 from operations.models import Operation, Record, StagedRecord, StepMember
+from operations.serializers import OperationSerializer
 from operations.states import Status
 from tests.support.ops import run_concurrently, status_changes, wait_for, wait_settled, wait_status
 
@@ -179,6 +180,7 @@ def test_bulk_insert_cancelled_mid_way_leaves_zero_rows(worker):
     assert records(operation) == 0
     assert StagedRecord.objects.filter(operation_id=operation.pk).count() == 0
     assert selectors.operation_row_count(Operation.objects.get(pk=operation.pk)) == 0
+    assert OperationSerializer(Operation.objects.get(pk=operation.pk)).data["rows_stored"] == 0  # the API's count
 
 
 def test_bulk_insert_completed_has_exactly_n_rows(worker):
@@ -186,6 +188,7 @@ def test_bulk_insert_completed_has_exactly_n_rows(worker):
     done = wait_status(operation.pk, Status.COMPLETED, timeout=120)
     assert done.result == {"rows": 100_000}
     assert records(operation) == 100_000
+    assert OperationSerializer(done).data["rows_stored"] == 100_000  # the API's count
     assert StagedRecord.objects.filter(operation_id=operation.pk).count() == 0
     ids = Record.objects.filter(operation_id=operation.pk).values_list("external_id", flat=True)
     assert min(ids) == 1 and max(ids) == 100_000
