@@ -21,7 +21,8 @@ FAULTS_DIR = ROOT / "var" / "faults"
 FAULTS = {
     "sigkill-pool-child": "SIGKILL of the pool child running the step (the worker forks a new one)",
     "sigkill-whole-worker": "SIGKILL of the whole worker (main process and children), then a new worker",
-    "redis-restart": "Redis restarted without persistence: queued and unacknowledged messages lost",
+    "redis-restart": "Redis restarted without persistence at a random point while a step runs: its unacknowledged message is lost",
+    "redis-restart-queued": "Redis restarted empty while the step's only message waited in the queue (no worker had it)",
     "postgres-crash": "PostgreSQL stopped with `-m immediate` mid-chunk / mid-step, started again",
     "duplicate-messages": "every step message published twice (by the worker and by the starter)",
     "visibility-timeout": "a step outlives Redis' visibility timeout (2 s): the message is redelivered while it runs",
@@ -128,6 +129,14 @@ of an operation the reconciler marked `interrupted` (its worker or its messages 
 retry of one whose step failed while the database was down; and what a process supervisor does:
 start a worker that exited (Celery 5.7's worker exits when Redis restarts under it — a kombu bug;
 `docker-compose.yml` restarts it).
+
+Why the interventions differ: RabbitMQ returns a killed worker's unacknowledged message to the
+queue as soon as its connection closes, so the new worker simply runs it again (fenced, so it
+counts once); Redis keeps it until the visibility timeout (an hour by default), so the reconciler
+marks the operation `interrupted` after the lease and a resume re-sends the step from the stored
+workflow. When Redis restarts while the step is running, the running worker finishes it and sends
+the next step to the new, empty Redis; `redis-restart-queued` is the harder case in which the only
+message was waiting in the queue and is gone.
 
 ## Concurrent control storm
 

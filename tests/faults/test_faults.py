@@ -178,6 +178,11 @@ def restart_redis_losing_everything():
     _wait(redis_up, "Redis starts")
 
 
+def redis_queue_length(queue):
+    db = settings.CELERY_BROKER_URL.rsplit("/", 1)[-1] or "0"
+    return int(_quiet("redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", db, "llen", queue).stdout.strip() or 0)
+
+
 def postgres_cluster():
     return ["pg_ctlcluster", "--skip-systemctl-redirect", sorted(os.listdir("/etc/postgresql"))[-1], "main"]
 
@@ -244,6 +249,30 @@ def test_postgres_crashes_mid_chunk(worker, workload_name, seed):
     crash_and_restart_postgres(down_for=rng.uniform(0.5, 3))
     interventions = supervise(worker) + drive_to_completion(operation_id, workers=[worker])
     verdict("postgres-crash", workload, seed, operation_id, interventions, started)
+
+
+@pytest.mark.backends("pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_a_queued_step_lost_with_redis_is_brought_back_by_the_reconciler(worker, workload_name, seed):
+    """The step's only message waits in Redis, no worker has it, and Redis restarts empty: only
+    the database knows the operation must go on. The reconciler marks it interrupted once its
+    dispatch heartbeat is older than the lease; a resume re-sends the step from the stored workflow."""
+    rng, started = random.Random(f"redis-queued-{workload_name}-{seed}"), time.monotonic()
+    workload = workloads()[workload_name]
+    operation_id = start_and_reach(workload, rng)
+    services.operation_pause(operation=operation_id, actor="cli")
+    wait_for(operation_id, lambda op: op.status in (Status.PAUSED, Status.COMPLETED), timeout=60, what="paused")
+    worker.stop()
+    services.operation_resume(operation=operation_id, actor="cli")  # the message waits in the queue
+    _wait(lambda: redis_queue_length(settings.CELERY_TASK_DEFAULT_QUEUE) > 0, "the resumed step queued in Redis")
+    restart_redis_losing_everything()
+    assert redis_queue_length(settings.CELERY_TASK_DEFAULT_QUEUE) == 0
+    worker.start()
+    worker.wait_ready()
+    interventions = drive_to_completion(operation_id)
+    assert "resume from interrupted" in interventions, interventions
+    verdict("redis-restart-queued", workload, seed, operation_id, interventions, started)
 
 
 @pytest.mark.backends("pg-redis")
