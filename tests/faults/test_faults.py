@@ -315,7 +315,10 @@ def test_a_step_outliving_the_visibility_timeout_is_fenced(worker, workload_name
 @pytest.mark.parametrize("workload_name", WORKLOADS)
 def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, workload_name, seed):
     rng, started = random.Random(f"sigstop-{workload_name}-{seed}"), time.monotonic()
-    workload = workloads()[workload_name]
+    # Chain steps of 0.6 s: the freeze must land inside a step's body (between its write and its
+    # advance), where the woken worker has writes to be refused — not in the few milliseconds
+    # between steps, after which it has nothing left to write.
+    workload = workloads(step_delay=0.6)[workload_name]
     operation_id = start_and_reach(workload, rng)
     os.killpg(worker.proc.pid, signal.SIGSTOP)
     try:
