@@ -76,3 +76,17 @@ def test_embedded_default_is_sqlite_wal_and_filesystem_broker(tmp_path):
     assert int(busy) >= 5000
     assert broker == "filesystem://localhost/"
     assert name == str(tmp_path / "db.sqlite3")
+
+
+def test_each_broker_url_gets_its_transport():
+    """Redis URLs use the transport whose workers survive a Redis restart (tapproject/redis_broker.py)."""
+    code = "from tapproject.celery import app; print(type(app.connection_for_write().transport).__module__)"
+    expected = {
+        "redis://127.0.0.1:6379/0": "tapproject.redis_broker",
+        "amqp://guest:guest@127.0.0.1:5672//": "kombu.transport.pyamqp",
+        "filesystem://localhost/": "tapproject.filesystem_broker",
+    }
+    for url, module in expected.items():
+        result = run_manage({"CELERY_BROKER_URL": url}, "shell", "-c", code)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[-1] == module, url

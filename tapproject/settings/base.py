@@ -188,6 +188,9 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600),
     }
+if CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport, with workers that survive a Redis restart (tapproject/redis_broker.py).
+    CELERY_BROKER_TRANSPORT = "tapproject.redis_broker:Transport"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True

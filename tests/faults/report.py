@@ -127,15 +127,17 @@ history in which every status change is legal and continues from the previous on
 or result, or an illegal transition. Interventions are what an operator did afterwards: a resume
 of an operation the reconciler marked `interrupted` (its worker or its messages were gone), or a
 retry of one whose step failed while the database was down; and what a process supervisor does:
-start a worker that exited (Celery 5.7's worker exits when Redis restarts under it — a kombu bug;
-`docker-compose.yml` restarts it).
+start a worker that exited. No worker had to be restarted after a Redis restart: kombu 5.7's Redis
+transport makes a worker exit when Redis restarts under a running task (it restores and acks
+through the closed connection); `tapproject/redis_broker.py` fixes that, and the redis-restart runs
+check that the same worker carries on.
 
 Why the interventions differ: RabbitMQ returns a killed worker's unacknowledged message to the
 queue as soon as its connection closes, so the new worker simply runs it again (fenced, so it
 counts once); Redis keeps it until the visibility timeout (an hour by default), so the reconciler
 marks the operation `interrupted` after the lease and a resume re-sends the step from the stored
-workflow. When Redis restarts while the step is running, the running worker finishes it and sends
-the next step to the new, empty Redis; `redis-restart-queued` is the harder case in which the only
+workflow. When Redis restarts while the step is running, the worker finishes it, reconnects and
+sends the next step to the new, empty Redis; `redis-restart-queued` is the harder case in which the only
 message was waiting in the queue and is gone.
 
 ## Concurrent control storm
