@@ -7,6 +7,10 @@ class OperationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import catalogue
+        from django.db.models.signals import post_delete
+
+        from . import catalogue, uploads
+        from .models import Operation
 
         catalogue.autodiscover()
+        post_delete.connect(uploads.discard_on_delete, sender=Operation, dispatch_uid="operations.uploads")

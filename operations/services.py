@@ -8,13 +8,14 @@ a message that says why. Faces (admin, pages, API, CLI) and the engine call only
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import bus
+from . import bus, uploads
 from .catalogue import InvalidParams, OperationError, UnknownKind, get_kind
 from .models import ConcurrencySlot, Operation, OperationEvent, StepCache, StepMember
 from .states import (
@@ -127,6 +128,8 @@ def _transition(operation_id, name, actor, *, token=None, note="", assignments=N
         return None
     if transition.target in RELEASES_SLOT:
         ConcurrencySlot.objects.filter(operation_id=operation_id).delete()
+    if transition.target in {Status.COMPLETED, Status.CANCELLED}:  # its upload is never read again
+        transaction.on_commit(partial(uploads.discard_for, operation_id))
     if record_event:
         _event(operation_id, actor, row[0], transition.target, note)
     return row

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from operations import selectors, services
 from operations.demo_files import write_demo_csv
@@ -124,6 +125,48 @@ def test_a_bad_row_fails_the_import_naming_line_and_column_and_keeps_nothing_of_
     where = f"{name}, line {line + 4}" + (f", column {column}" if column else "")
     assert where in failed.error, failed.error
     assert records(operation) == 4  # the first chunk committed; nothing of the failing one did
+
+
+def uploaded(name, content):
+    return {"file": SimpleUploadedFile(name, content)}
+
+
+def wait_gone(path, timeout=10):
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
+def test_an_upload_is_removed_once_its_import_completed_and_a_server_file_is_left_alone(worker):
+    server_file = csv_file("kept-on-server.csv", 300)
+    operation = services.operation_start(kind="csv_import", params={"chunk_rows": 100}, actor="cli",
+                                         files=uploaded("mine.csv", server_file.read_bytes()))
+    stored = Path(operation.params["path"])
+    assert stored.parent == Path(settings.TAP_UPLOAD_DIR) and stored.is_file()
+    assert wait_status(operation.pk, Status.COMPLETED).progress_done == 300
+    assert records(operation) == 300
+    assert wait_gone(stored), "the upload of a completed import is never read again"
+    on_server = start("csv_import", path=server_file.name, chunk_rows=100)
+    wait_status(on_server.pk, Status.COMPLETED)
+    assert server_file.is_file()
+
+
+def test_a_failed_import_keeps_its_upload_for_a_retry_until_cancel_or_delete(worker):
+    content = csv_file("fails.csv", 50).read_bytes() + b"51,Row 51,r51@x,not-a-number,2020-01-01\n"
+
+    def failed_import(name):  # one after the other: one import at a time
+        operation = services.operation_start(kind="csv_import", params={"chunk_rows": 10}, actor="cli",
+                                             files=uploaded(name, content))
+        assert wait_settled(operation.pk).status == Status.FAILED
+        assert Path(operation.params["path"]).is_file()  # a retry reads it again
+        return operation
+
+    cancelled, deleted = failed_import("fails.csv"), failed_import("fails-too.csv")
+    services.operation_cancel(operation=cancelled.pk, actor="cli")
+    assert wait_gone(Path(cancelled.params["path"]))
+    Operation.objects.filter(pk=deleted.pk).delete()
+    assert not Path(deleted.params["path"]).exists()
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -1,11 +1,11 @@
 """The CSV source shared by ``csv_import`` and ``csv_summary``: an upload or a server-side file."""
 
-import uuid
 from pathlib import Path
 
 from django import forms
 from django.conf import settings
 
+from .. import uploads
 from ..catalogue import InvalidParams
 from ..csvio import CsvFileError, start_state
 from .chunking import ChunkedForm
@@ -69,13 +69,7 @@ def prepare_source(header):
     def prepare(params, files):
         upload = params.pop("file", None)
         if upload:
-            folder = Path(settings.TAP_UPLOAD_DIR)
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{uuid.uuid4().hex}-{Path(upload.name).name}"
-            with open(target, "wb") as out:
-                for piece in upload.chunks():
-                    out.write(piece)
-            params.update(path=str(target), source=Path(upload.name).name)
+            params.update(path=str(uploads.store(upload)), source=Path(upload.name).name)
         else:
             params["source"] = Path(params["path"]).name
         try:
