@@ -297,4 +297,5 @@ def test_one_import_at_a_time_per_user_enforced_by_the_database(worker):
     second = start("csv_import", owner=user, path="slot.csv")
     wait_status(second.pk, Status.COMPLETED, timeout=120)
     # Another user is not limited by this user's import.
-    start("csv_import", owner=User.objects.create_user("other"), path="slot.csv", chunk_rows=500)
+    other = start("csv_import", owner=User.objects.create_user("other"), path="slot.csv", chunk_rows=500)
+    wait_status(other.pk, Status.COMPLETED, timeout=120)  # and the worker is idle before the teardown
