@@ -129,7 +129,7 @@ def _transition(operation_id, name, actor, *, token=None, note="", assignments=N
     if transition.target in RELEASES_SLOT:
         ConcurrencySlot.objects.filter(operation_id=operation_id).delete()
     if transition.target in {Status.COMPLETED, Status.CANCELLED}:  # its upload is never read again
-        transaction.on_commit(partial(uploads.discard_for, operation_id))
+        transaction.on_commit(partial(uploads.discard_for, operation_id), robust=True)
     if record_event:
         _event(operation_id, actor, row[0], transition.target, note)
     return row

@@ -5,9 +5,11 @@ one that completed or was cancelled never will, and neither will one that was de
 """
 
 import uuid
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
 
 def store(upload):
@@ -23,7 +25,7 @@ def store(upload):
 
 def discard(params):
     """Remove the upload an operation's params name, if any; server-side files are never touched."""
-    path = (params or {}).get("path") if isinstance(params, dict) else None
+    path = params.get("path") if isinstance(params, dict) else None
     if not path:
         return False
     candidate = Path(path).resolve()
@@ -41,4 +43,5 @@ def discard_for(operation_id):
 
 
 def discard_on_delete(sender, instance, **kwargs):
-    discard(instance.params)
+    """post_delete of an Operation: the file goes only if the deletion commits."""
+    transaction.on_commit(partial(discard, instance.params), robust=True)
