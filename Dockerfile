@@ -3,7 +3,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
+# The requirements install the operations app from this checkout (-e .): copy it first.
 COPY requirements/ requirements/
+COPY pyproject.toml ./
+COPY docs/package.md docs/package.md
+COPY operations/ operations/
 RUN pip install --disable-pip-version-check -r requirements/production.txt
 
 COPY . .

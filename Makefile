@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 DEMO_ROWS ?= 1000000
-REQS := requirements/base.txt requirements/dev.txt
+REQS := requirements/base.txt requirements/dev.txt pyproject.toml
 STAMP := $(VENV)/.installed
 
 .PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq lint faults bench clean
@@ -63,8 +63,10 @@ bench: install
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/import_csv.py
 
+# Style, and the one-way dependencies of the operations app (.importlinter).
 lint: install
 	$(BIN)/ruff check --select F,E,I --ignore E501 operations accounts tapproject tests bench docs
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf var/test .pytest_cache
+	rm -rf var/test .pytest_cache build dist *.egg-info

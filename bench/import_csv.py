@@ -85,7 +85,7 @@ def reset_services():
 
 def ensure_csv(rows):
     """The demo records file of ``rows`` rows in the CSV folder: written once, then reused."""
-    from operations.demo_files import write_demo_csv
+    from operations.contrib.demo.files import write_demo_csv
 
     path = CSV_DIR / f"bench-records-{rows}.csv"
     reused = path.exists()  # write_demo_csv renames a finished file into place: never partial
@@ -399,9 +399,9 @@ def in_process_import(path, rows, chunk_rows):
     from django.db import transaction
 
     from operations import services
-    from operations.csvio import chunks, start_state
-    from operations.demo_files import RECORD_HEADER
-    from operations.kinds.csv_import import load_chunk
+    from operations.contrib.demo.csvio import chunks, start_state
+    from operations.contrib.demo.files import RECORD_HEADER
+    from operations.contrib.demo.kinds.csv_import import load_chunk
     from operations.models import Operation
 
     operation = Operation.objects.create(kind="csv_import", status="running", run_token=1)

@@ -50,7 +50,9 @@ def add_chain(steps, *, strict=False):
 
     ``strict``: only the last step stores its result (the fastest plain chain Celery offers).
     """
-    from operations.kinds.arithmetic import add  # imports models: only once Django is set up
+    from operations.contrib.demo.kinds.arithmetic import (
+        add,  # imports models: only once Django is set up
+    )
 
     signatures = [add.s(0, 1)] + [add.s(1) for _ in range(steps - 1)]
     if strict:

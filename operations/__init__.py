@@ -1,1 +1,132 @@
-"""Operations: long-running work as pause-able, resume-able, cancellable Celery workflows."""
+"""django-tappable: long-running work as Celery workflows that people can pause, resume and cancel.
+
+The public Python API is what this module exports (``__all__``)::
+
+    from operations import Kind, KindForm, register_kind, step, operation_start
+
+Everything else in the package is internal and may change between versions. The names are
+loaded on first use, so ``import operations`` works before Django's apps are ready (settings,
+``INSTALLED_APPS``) and only the services need a configured database.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+#: public name → the module that defines it
+_EXPORTS = {
+    # building operations
+    "step": "operations.workflow",
+    "StepContext": "operations.engine",
+    "Kind": "operations.catalogue",
+    "KindForm": "operations.catalogue",
+    "register_kind": "operations.catalogue",
+    "get_kind": "operations.catalogue",
+    # the user verbs (every face calls these)
+    "operation_start": "operations.services",
+    "operation_pause": "operations.services",
+    "operation_resume": "operations.services",
+    "operation_cancel": "operations.services",
+    "operation_retry": "operations.services",
+    "Actor": "operations.services",
+    # the control bus
+    "Operation": "operations.models",
+    "OperationEvent": "operations.models",
+    "Status": "operations.states",
+    # errors
+    "OperationError": "operations.exceptions",
+    "InvalidParams": "operations.exceptions",
+    "UnknownKind": "operations.exceptions",
+    "OperationNotFound": "operations.exceptions",
+    "TransitionRefused": "operations.exceptions",
+    "ConcurrencyLimitReached": "operations.exceptions",
+    "WorkflowError": "operations.exceptions",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'operations' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-export)
+    from .catalogue import (
+        Kind as Kind,
+    )
+    from .catalogue import (
+        KindForm as KindForm,
+    )
+    from .catalogue import (
+        get_kind as get_kind,
+    )
+    from .catalogue import (
+        register_kind as register_kind,
+    )
+    from .engine import (
+        StepContext as StepContext,
+    )
+    from .exceptions import (
+        ConcurrencyLimitReached as ConcurrencyLimitReached,
+    )
+    from .exceptions import (
+        InvalidParams as InvalidParams,
+    )
+    from .exceptions import (
+        OperationError as OperationError,
+    )
+    from .exceptions import (
+        OperationNotFound as OperationNotFound,
+    )
+    from .exceptions import (
+        TransitionRefused as TransitionRefused,
+    )
+    from .exceptions import (
+        UnknownKind as UnknownKind,
+    )
+    from .exceptions import (
+        WorkflowError as WorkflowError,
+    )
+    from .models import (
+        Operation as Operation,
+    )
+    from .models import (
+        OperationEvent as OperationEvent,
+    )
+    from .services import (
+        Actor as Actor,
+    )
+    from .services import (
+        operation_cancel as operation_cancel,
+    )
+    from .services import (
+        operation_pause as operation_pause,
+    )
+    from .services import (
+        operation_resume as operation_resume,
+    )
+    from .services import (
+        operation_retry as operation_retry,
+    )
+    from .services import (
+        operation_start as operation_start,
+    )
+    from .states import (
+        Status as Status,
+    )
+    from .workflow import (
+        step as step,
+    )

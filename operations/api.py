@@ -1,29 +1,93 @@
-"""The JSON API (contract in DESIGN §5): operations, their verbs, and the batch service's endpoints.
+"""The JSON API (contract in DESIGN §5): operations and their verbs, and the app's OpenAPI schema.
 
-Token or session auth; a refused transition is a 409 with the reason; bad parameters a 400 with
-field errors. Views are thin: the services decide, the serializers shape.
+A refused transition is a 409 with the reason; bad parameters a 400 with field errors. Views are
+thin: the services decide, the serializers shape. The views carry their own permission, paging,
+throttle and schema classes, so they behave the same in any host, whatever its REST_FRAMEWORK
+settings; authentication follows the host's (see ``authentication_classes``).
 """
 
-import json
-import uuid
+from __future__ import annotations
 
-from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+import json
+from typing import Any
+
+from django.apps import apps
+from django.utils.module_loading import import_string
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
-from rest_framework.views import APIView
 
-from . import selectors, services
-from .models import Operation, StepMember
+from . import __version__, selectors, services
+from .conf import conf
+from .models import Operation
 from .serializers import OperationListSerializer, OperationSerializer
-from .workflow import member_task_id
+
+#: The throttle scope of every state change (starts and verbs).
+CONTROL_SCOPE = "operation_control"
 
 
-def _actor(request):
+def actor_of(request: Any) -> services.Actor:
     return services.Actor.coerce(request.user, via="api")
+
+
+def authentication_classes() -> list[type]:
+    """TAP_API_AUTHENTICATION_CLASSES, else the host's DRF defaults with token auth in front
+    when ``rest_framework.authtoken`` is installed."""
+    if conf.API_AUTHENTICATION_CLASSES is not None:
+        return [import_string(path) for path in conf.API_AUTHENTICATION_CLASSES]
+    classes = list(api_settings.DEFAULT_AUTHENTICATION_CLASSES)
+    if apps.is_installed("rest_framework.authtoken") and TokenAuthentication not in classes:
+        classes.insert(0, TokenAuthentication)
+    return classes
+
+
+class ControlThrottle(ScopedRateThrottle):
+    """The rate of the view's scope in REST_FRAMEWORK's DEFAULT_THROTTLE_RATES, else TAP_CONTROL_THROTTLE."""
+
+    def get_rate(self) -> str | None:
+        rates = api_settings.DEFAULT_THROTTLE_RATES or {}
+        return rates.get(self.scope) or conf.CONTROL_THROTTLE
+
+
+class OperationPage(PageNumberPagination):
+    def get_page_size(self, request: Any) -> int:
+        return conf.API_PAGE_SIZE
+
+
+def described(**kwargs: Any) -> Any:
+    """drf-spectacular's ``extend_schema``, built on its AutoSchema whatever the host's
+    DEFAULT_SCHEMA_CLASS (extend_schema would otherwise derive from that setting's class)."""
+
+    def decorator(view_method: Any) -> Any:
+        if not getattr(view_method, "schema", None) and not (getattr(view_method, "kwargs", None) or {}).get("schema"):
+            view_method.schema = AutoSchema
+        return extend_schema(**kwargs)(view_method)
+
+    return decorator
+
+
+class AppAPIView:
+    """Mixed into every API view of the app (and of its contrib apps)."""
+
+    permission_classes = [IsAuthenticated]
+    schema = AutoSchema()
+    throttle_scope = CONTROL_SCOPE
+
+    def get_authenticators(self) -> list[Any]:
+        return [cls() for cls in authentication_classes()]
+
+    def get_throttles(self) -> list[Any]:
+        # Reads are not throttled; every state change is.
+        return [ControlThrottle()] if self.request.method == "POST" else []
 
 
 class StartSerializer(serializers.Serializer):
@@ -41,12 +105,12 @@ class StartSerializer(serializers.Serializer):
         return value
 
 
-class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Operations you own (staff: all). POST starts one; POST …/<verb>/ pauses, resumes, cancels, retries."""
 
     serializer_class = OperationSerializer
     queryset = Operation.objects.none()  # for the schema; requests use get_queryset()
-    throttle_scope = "operation_control"
+    pagination_class = OperationPage
 
     def get_queryset(self):
         return selectors.operation_list(user=self.request.user)
@@ -54,11 +118,7 @@ class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     def get_serializer_class(self):
         return OperationListSerializer if self.action == "list" else OperationSerializer
 
-    def get_throttles(self):
-        # Reads are not throttled; every state change is.
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
-
-    @extend_schema(request=StartSerializer, responses={201: OperationSerializer, 400: OpenApiResponse(),
+    @described(request=StartSerializer, responses={201: OperationSerializer, 400: OpenApiResponse(),
                                                        409: OpenApiResponse()})
     def create(self, request):
         start = StartSerializer(data=request.data)
@@ -66,7 +126,7 @@ class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         try:
             operation = services.operation_start(
                 kind=start.validated_data["kind"], params=start.validated_data["params"],
-                owner=request.user, actor=_actor(request), files=request.FILES or None,
+                owner=request.user, actor=actor_of(request), files=request.FILES or None,
             )
         except services.InvalidParams as exc:
             return Response({"detail": str(exc), "errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
@@ -79,12 +139,12 @@ class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         if not selectors.can_control(request.user, operation, verb):
             raise PermissionDenied(f"You may not {verb} operation {operation.pk}.")
         try:
-            changed = getattr(services, f"operation_{verb}")(operation=operation, actor=_actor(request))
+            changed = getattr(services, f"operation_{verb}")(operation=operation, actor=actor_of(request))
         except services.OperationError as exc:
             return Response({"detail": str(exc), "status": operation.status}, status=status.HTTP_409_CONFLICT)
         return Response(OperationSerializer(changed).data, status=status.HTTP_202_ACCEPTED)
 
-    _control_schema = extend_schema(request=None, responses={202: OperationSerializer, 409: OpenApiResponse()})
+    _control_schema = described(request=None, responses={202: OperationSerializer, 409: OpenApiResponse()})
 
     @_control_schema
     @action(detail=True, methods=["post"])
@@ -107,70 +167,20 @@ class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         return self._control(request, "retry")
 
 
-# --- the original batch service's endpoints ----------------------------------------------------
-
-GroupTaskSerializer = inline_serializer("GroupTask", {
-    "groupTaskId": serializers.CharField(), "grouptaskProcessed": serializers.BooleanField(),
-    "grouptaskSucceeded": serializers.BooleanField(), "results": serializers.ListField(),
-    "tasksCompleted": serializers.IntegerField(), "tasksTotal": serializers.IntegerField(),
-})
 
 
-class BatchTaskSerializer(serializers.Serializer):
-    paramA = serializers.FloatField()
-    paramB = serializers.FloatField()
+def only_this_app(endpoints: list[tuple]) -> list[tuple]:
+    """drf-spectacular preprocessing hook: the schema describes the app's API, not the host's."""
+    return [endpoint for endpoint in endpoints
+            if getattr(endpoint[3], "cls", None) is not None and issubclass(endpoint[3].cls, AppAPIView)]
 
 
-class GroupTasksSerializer(serializers.Serializer):
-    tasks = BatchTaskSerializer(many=True)
+class OperationsSchemaView(SpectacularAPIView):
+    """GET /api/schema/: the OpenAPI schema of the app's endpoints, whatever the host's settings."""
 
-
-class GroupTaskCreateView(APIView):
-    """POST /grouptasks {"tasks": [{"paramA": 1, "paramB": 5}, …]} → {"groupTaskId", "taskIds"}."""
-
-    throttle_scope = "operation_control"
-    throttle_classes = [ScopedRateThrottle]
-
-    @extend_schema(request=GroupTasksSerializer, responses={200: inline_serializer("GroupTaskCreated", {
-        "groupTaskId": serializers.CharField(), "taskIds": serializers.ListField(child=serializers.CharField())})})
-    def post(self, request):
-        tasks = request.data.get("tasks") if isinstance(request.data, dict) else None
-        try:
-            operation = services.operation_start(kind="batch_sum", params={"tasks": tasks}, owner=request.user,
-                                                 actor=_actor(request))
-        except services.InvalidParams as exc:
-            return Response({"detail": str(exc), "errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
-        except services.OperationError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response({
-            "groupTaskId": str(operation.pk),
-            "taskIds": [str(member_task_id(operation.pk, 0, i)) for i in range(len(operation.params["tasks"]))],
-        })
-
-
-class GroupTaskDetailView(APIView):
-    @extend_schema(responses={200: GroupTaskSerializer})
-    def get(self, request, group_id):
-        try:
-            operation = selectors.operation_get(operation_id=group_id, user=request.user)
-        except Operation.DoesNotExist:
-            raise Http404 from None
-        if operation.kind != "batch_sum":
-            raise Http404
-        return Response(selectors.group_status(operation))
-
-
-class TaskDetailView(APIView):
-    @extend_schema(responses={200: inline_serializer("Task", {
-        "taskId": serializers.CharField(), "taskState": serializers.CharField(),
-        "taskSucceeded": serializers.BooleanField(), "result": serializers.JSONField(),
-        "resultReady": serializers.BooleanField()})})
-    def get(self, request, task_id):
-        try:
-            task_id = uuid.UUID(str(task_id))
-        except ValueError:
-            raise Http404 from None
-        mine = StepMember.objects.filter(operation__in=selectors.operation_list(user=request.user))
-        if not mine.filter(task_id=task_id).exists() and StepMember.objects.filter(task_id=task_id).exists():
-            raise Http404  # someone else's task
-        return Response(selectors.task_status(task_id, mine))
+    custom_settings = {
+        "TITLE": "Operations API",
+        "DESCRIPTION": "Start, watch, pause, resume, cancel and retry long-running operations.",
+        "VERSION": __version__,
+        "PREPROCESSING_HOOKS": ["operations.api.only_this_app"],
+    }

@@ -6,11 +6,12 @@ class OperationsConfig(AppConfig):
     verbose_name = "Operations"
     default_auto_field = "django.db.models.BigAutoField"
 
-    def ready(self):
+    def ready(self) -> None:
         from django.db.models.signals import post_delete
 
-        from . import catalogue, uploads
+        from . import catalogue, checks, integration, uploads  # noqa: F401  (checks register themselves)
         from .models import Operation
 
         catalogue.autodiscover()
+        integration.install()
         post_delete.connect(uploads.discard_on_delete, sender=Operation, dispatch_uid="operations.uploads")

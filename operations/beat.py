@@ -1,79 +1,62 @@
-"""The periodic tasks the operations app relies on, kept in django-celery-beat's tables.
+"""The periodic tasks the operations app relies on, and how they get onto the host's beat.
 
-They are installed by a data migration (so they are visible in the admin right after
-``migrate``) and again, if missing, whenever beat starts. Existing entries are never overwritten:
-an interval or crontab edited in the admin stays edited. (django-celery-beat's own scheduler
-resets ``celery.backend_cleanup`` on every start, which is why beat uses the subclass below.)
+The reconciler is added to the Celery app's ``beat_schedule`` when Django starts in a process
+(see ``operations.integration``; beat reads its schedule after that), so it runs under whichever scheduler the host's beat uses: Celery's
+own (a schedule file), django-celery-beat's ``DatabaseScheduler`` (which copies it into its table
+at every start, interval included), or ``OperationsScheduler`` below (which adds it once and then
+keeps what the admin shows). Its interval is TAP_RECONCILE_INTERVAL, read when the process starts.
 """
 
-from django.conf import settings
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from .conf import conf
 
-def periodic_task_specs():
-    return [
-        {
-            "name": "celery.backend_cleanup",
-            "task": "celery.backend_cleanup",
-            "crontab": {"minute": "0", "hour": "4"},
-            "description": "Deletes task results older than CELERY_RESULT_EXPIRES.",
-        },
-        {
-            "name": "operations.reconcile",
+RECONCILE_ENTRY = "operations.reconcile"
+
+
+def beat_entries() -> dict[str, dict[str, Any]]:
+    """The app's entries, in Celery's ``beat_schedule`` form."""
+    interval = conf.RECONCILE_INTERVAL
+    return {
+        RECONCILE_ENTRY: {
             "task": "operations.reconcile",
-            "every_seconds": settings.TAP_RECONCILE_INTERVAL,
-            "description": "Marks operations whose worker went silent for longer than "
-                           "TAP_HEARTBEAT_LEASE as interrupted (or re-dispatches them).",
+            "schedule": timedelta(seconds=interval),
+            # A reconcile that waited longer than an interval in the queue (no worker up) is
+            # useless: the next one is already on its way.
+            "options": {"expires": max(1.0, float(interval))},
         },
-    ]
+    }
 
 
-def install_periodic_tasks(PeriodicTask, CrontabSchedule, IntervalSchedule):
-    """Create the periodic tasks that do not exist yet; return the names created.
-
-    Takes the model classes so the data migration (historical models) and the scheduler (real
-    models) share this one piece of code.
-    """
-    created = []
-    for spec in periodic_task_specs():
-        if PeriodicTask.objects.filter(name=spec["name"]).exists():
-            continue
-        schedule = {}
-        if "crontab" in spec:
-            schedule["crontab"], _ = CrontabSchedule.objects.get_or_create(
-                minute=spec["crontab"]["minute"],
-                hour=spec["crontab"]["hour"],
-                day_of_week="*",
-                day_of_month="*",
-                month_of_year="*",
-                timezone="UTC",
-            )
-        else:
-            schedule["interval"], _ = IntervalSchedule.objects.get_or_create(
-                every=spec["every_seconds"], period="seconds"
-            )
-        PeriodicTask.objects.create(
-            name=spec["name"], task=spec["task"], description=spec["description"], **schedule
-        )
-        created.append(spec["name"])
-    return created
-
-
-def install_periodic_tasks_migration(apps, schema_editor):
-    """RunPython entry point: the same installer, on the migration's historical models."""
-    install_periodic_tasks(
-        apps.get_model("django_celery_beat", "PeriodicTask"),
-        apps.get_model("django_celery_beat", "CrontabSchedule"),
-        apps.get_model("django_celery_beat", "IntervalSchedule"),
-    )
+def add_beat_entries(app: Any) -> None:
+    """Put the app's entries into ``app.conf.beat_schedule``; the host's own entries of the same
+    name win (that is how a host changes one, e.g. to route it to a queue)."""
+    app.conf.beat_schedule = {**beat_entries(), **(app.conf.beat_schedule or {})}
 
 
 class OperationsScheduler(DatabaseScheduler):
-    """django-celery-beat's DatabaseScheduler that adds missing entries instead of resetting them."""
+    """django-celery-beat's DatabaseScheduler that adds missing entries instead of resetting them.
 
-    def install_default_entries(self, data):
-        from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+    The stock scheduler rewrites every entry of ``beat_schedule`` (and ``celery.backend_cleanup``)
+    into its table at each start, undoing what an operator changed in the admin. This one creates
+    the entries that are not in the table yet and leaves the others as they are.
+    """
 
-        install_periodic_tasks(PeriodicTask, CrontabSchedule, IntervalSchedule)
+    def update_from_dict(self, mapping: dict[str, dict[str, Any]]) -> None:
+        from django_celery_beat.models import PeriodicTask
 
-
+        existing = set(PeriodicTask.objects.filter(name__in=list(mapping)).values_list("name", flat=True))
+        missing = {}
+        for name, entry in mapping.items():
+            if name in existing:
+                continue
+            options = dict(entry.get("options") or {})
+            if "expires" in options:  # django-celery-beat's table calls it expire_seconds
+                options.setdefault("expire_seconds", options.pop("expires"))
+            missing[name] = {**entry, "options": options}
+        super().update_from_dict(missing)

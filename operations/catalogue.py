@@ -1,38 +1,29 @@
 """The catalogue of operation kinds: what can be started, with which parameters, and how it undoes.
 
 Kinds register themselves (``register_kind``) from modules that the app imports when Django
-starts — the built-ins in ``operations.kinds``, an ``operation_kinds`` module of any installed
-app, and the modules listed in ``settings.TAP_KIND_MODULES`` — so web, worker and beat processes
-all know the same kinds. The engine never imports a kind.
+starts — an ``operation_kinds`` module of any installed app (the demo kinds of
+``operations.contrib.demo`` among them, when it is installed) and the modules listed in
+``TAP_KIND_MODULES`` — so web, worker and beat processes all know the same kinds. The engine
+never imports a kind.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
+from .conf import conf
+from .exceptions import InvalidParams, OperationError, UnknownKind
 
-class UnknownKind(LookupError):
-    pass
-
-
-class OperationError(Exception):
-    """An operation could not be started or changed; the message says why, for the user."""
-
-
-class InvalidParams(OperationError):
-    """Bad parameters; ``errors`` maps each field (``__all__`` for the whole) to its messages."""
-
-    def __init__(self, errors):
-        self.errors = errors
-        super().__init__("; ".join(
-            (f"{name}: " if name != "__all__" else "") + " ".join(messages)
-            for name, messages in errors.items()
-        ))
+__all__ = ["InvalidParams", "Kind", "KindForm", "OperationError", "UnknownKind", "all_kinds", "get_kind",
+           "register_kind"]
 
 
 #: JSON values a number field must refuse by their type: Django's fields read ``true`` as 1 and
@@ -43,13 +34,14 @@ NOT_A_NUMBER = {bool: "true/false", type(None): "null", list: "a list", dict: "a
 class KindForm(forms.Form):
     """Base form of a kind's parameters; ``params()`` gives the JSON stored on the operation."""
 
-    #: field name → the setting that holds its default (read whenever a form is built).
-    setting_defaults = {}
+    #: field name → its default, read whenever a form is built: a callable, or the name of a
+    #: Django setting.
+    setting_defaults: dict[str, Callable[[], Any] | str] = {}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        for name, setting in self.setting_defaults.items():
-            self.fields[name].initial = getattr(settings, setting)
+        for name, source in self.setting_defaults.items():
+            self.fields[name].initial = source() if callable(source) else getattr(settings, source)
         # Number fields (IntegerField, FloatField, DecimalField) given a JSON value of the wrong
         # type: the field never sees it, so neither it nor the form's clean() takes it for a number.
         self.type_errors = {
@@ -66,7 +58,7 @@ class KindForm(forms.Form):
             self._errors[name] = self.error_class([message])
             self.cleaned_data.pop(name, None)
 
-    def params(self):
+    def params(self) -> dict[str, Any]:
         """Cleaned values as JSON; an optional field left empty takes its ``initial`` default."""
         return {
             name: _jsonable(self.fields[name].initial if value in (None, "") else value)
@@ -84,6 +76,8 @@ def _jsonable(value):
 
 @dataclass(frozen=True)
 class Kind:
+    """An operation type: its parameters (a form), how to build its chain, and how it undoes."""
+
     name: str
     label: str
     form: type[KindForm]
@@ -94,8 +88,9 @@ class Kind:
     compensate: Callable[[Any], str] | None = None
     #: Shown before a user confirms a cancel.
     cancel_effect: str = "Nothing to undo: this operation writes no data."
-    #: At most this many unfinished operations of this kind (per user, or globally).
-    max_concurrent: int | None = None
+    #: At most this many unfinished operations of this kind (per user, or globally); a callable
+    #: is asked at every start (e.g. to read a setting).
+    max_concurrent: int | Callable[[], int | None] | None = None
     concurrency_scope: str = "user"
     pause_every: int = 1
     #: "steps": progress counts finished steps; "custom": the steps report their own units.
@@ -107,17 +102,23 @@ class Kind:
     prepare: Callable[[dict, Any], dict] | None = None
 
 
+    def concurrency_limit(self) -> int | None:
+        limit = self.max_concurrent() if callable(self.max_concurrent) else self.max_concurrent
+        return limit or None
+
+
 KINDS: dict[str, Kind] = {}
 
 
-def register_kind(kind):
+def register_kind(kind: Kind) -> Kind:
+    """Add ``kind`` to the catalogue (from an ``operation_kinds`` module, imported in every process)."""
     if kind.concurrency_scope not in {"user", "global"}:
         raise ValueError(f"kind {kind.name}: concurrency_scope must be 'user' or 'global'")
     KINDS[kind.name] = kind
     return kind
 
 
-def get_kind(name):
+def get_kind(name: str) -> Kind:
     try:
         return KINDS[name]
     except KeyError:
@@ -125,12 +126,11 @@ def get_kind(name):
         raise UnknownKind(f"unknown operation kind '{name}'; known kinds: {known}") from None
 
 
-def all_kinds():
+def all_kinds() -> list[Kind]:
     return [KINDS[name] for name in sorted(KINDS)]
 
 
-def autodiscover():
-    import_module("operations.kinds")
+def autodiscover() -> None:
     autodiscover_modules("operation_kinds")
-    for module in getattr(settings, "TAP_KIND_MODULES", []):
+    for module in conf.KIND_MODULES:
         import_module(module)

@@ -8,32 +8,29 @@ the last step — the transition that stops the chain). The plan itself is read 
 cached, so a step costs the same at the start of a 1000-step workflow as at its end.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from . import services
 from .catalogue import get_kind
+from .conf import conf
+from .exceptions import StopStep
 from .models import Operation
 from .states import Status
 from .workflow import STEPS, is_pause_point, step_arguments
 
 log = logging.getLogger("operations.engine")
-
-
-class StopStep(Exception):
-    """Raised out of a checkpoint when a pause or cancel is pending; the engine obeys it."""
-
-    def __init__(self, status):
-        super().__init__(status)
-        self.status = status
 
 
 # --- the plan cache ---------------------------------------------------------------------------
@@ -73,7 +70,7 @@ class Heartbeat:
 
     @property
     def interval(self):
-        return max(0.5, settings.TAP_HEARTBEAT_LEASE / 4)
+        return max(0.5, conf.HEARTBEAT_LEASE / 4)
 
     @contextmanager
     def beating(self, operation_id, run_token):
@@ -96,10 +93,15 @@ class Heartbeat:
 
     def _loop(self):
         while True:
-            time.sleep(self.interval)
+            try:
+                interval = self.interval
+            except Exception:  # a bad TAP_HEARTBEAT_LEASE (manage.py check names it): keep beating
+                log.exception("heartbeat interval unusable; beating every 5 s")
+                interval = 5.0
+            time.sleep(interval)
             now = time.monotonic()
             with self._lock:
-                due = [key for key, last in self._active.items() if now - last >= self.interval]
+                due = [key for key, last in self._active.items() if now - last >= interval]
             for operation_id, run_token in due:
                 try:
                     close_old_connections()
@@ -118,7 +120,7 @@ heartbeat = Heartbeat()
 
 
 class StepContext:
-    """Handed to steps registered with ``context=True``: their cursor and their checkpoints.
+    """Handed to steps registered with ``context=True``: their cursor and their checkpoints (public).
 
     ``state`` is the cursor of the last checkpoint (None on a first run). Write each chunk inside
     ``with ctx.checkpoint(new_state, done=..., total=...):`` — the chunk's writes, the new cursor
@@ -126,7 +128,7 @@ class StepContext:
     pending, the block raises StopStep after committing, and the engine obeys it.
     """
 
-    def __init__(self, operation_id, run_token, index, fence, state, attempt):
+    def __init__(self, operation_id: int, run_token: int, index: int, fence: int, state: Any, attempt: int):
         self.operation_id = operation_id
         self.run_token = run_token
         self.index = index
@@ -135,7 +137,7 @@ class StepContext:
         self.attempt = attempt
 
     @contextmanager
-    def checkpoint(self, state, *, done=None, total=None):
+    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> Iterator[None]:
         if transaction.get_connection().in_atomic_block:
             raise RuntimeError("checkpoints commit on their own: register the step with @step(atomic=False)")
         with transaction.atomic():
@@ -148,7 +150,8 @@ class StepContext:
         if status != Status.RUNNING:
             raise StopStep(status)
 
-    def heartbeat(self):
+    def heartbeat(self) -> None:
+        """Tell beat this step is alive, for a long stretch without checkpoints."""
         services.operation_heartbeat(self.operation_id, self.run_token)
 
 

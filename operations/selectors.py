@@ -3,7 +3,7 @@
 from django.utils import timezone
 
 from .catalogue import UnknownKind, get_kind
-from .models import Operation, OperationEvent, StepMember
+from .models import Operation, OperationEvent
 from .states import ACTIVE, TERMINAL, legal_verbs
 
 
@@ -118,36 +118,4 @@ def operation_page(operation, user):
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),
         "remaining": remaining_workflow(operation),
-    }
-
-
-def group_status(operation):
-    """A batch (group step 0) in the shape of the original batch service's /grouptasks/<id>."""
-    members = list(StepMember.objects.filter(operation=operation, step_index=0)
-                   .order_by("member_index").values_list("state", "result"))
-    first = operation.steps[0] if operation.steps else {}
-    total = len(first.get("group", [])) or len(members)
-    finished = sum(1 for state, _ in members if state in (StepMember.State.SUCCESS, StepMember.State.FAILURE))
-    succeeded = sum(1 for state, _ in members if state == StepMember.State.SUCCESS)
-    return {
-        "groupTaskId": str(operation.pk),
-        "grouptaskProcessed": bool(total) and finished == total,
-        "grouptaskSucceeded": bool(total) and succeeded == total,
-        "results": [result if state == StepMember.State.SUCCESS else None for state, result in members]
-                   or [None] * total,
-        "tasksCompleted": operation.progress_done,
-        "tasksTotal": total,
-    }
-
-
-def task_status(task_id, members):
-    """One batch task in the shape of the original service's /tasks/<id>: PENDING until it has run."""
-    member = members.filter(task_id=task_id).values_list("state", "result").first()
-    state, result = member or (StepMember.State.PENDING, None)
-    return {
-        "taskId": str(task_id),
-        "taskState": state,
-        "taskSucceeded": state == StepMember.State.SUCCESS,
-        "result": result if state == StepMember.State.SUCCESS else None,
-        "resultReady": state in (StepMember.State.SUCCESS, StepMember.State.FAILURE),
     }

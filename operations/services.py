@@ -3,20 +3,36 @@
 A state change is one conditional UPDATE (``operations.bus``) plus an ``OperationEvent`` row, in
 one transaction, with any dispatch on commit. Zero rows changed means the change is refused with
 a message that says why. Faces (admin, pages, API, CLI) and the engine call only these functions.
+The user verbs (``operation_start`` … ``operation_retry``) are public, exported by ``operations``;
+the worker's and beat's transitions below them are internal.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import bus, uploads
-from .catalogue import InvalidParams, OperationError, UnknownKind, get_kind
+from .catalogue import get_kind
+from .conf import conf
+from .exceptions import (  # noqa: F401  (re-exported: callers catch them from here too)
+    ConcurrencyLimitReached,
+    Fenced,
+    InvalidParams,
+    OperationError,
+    OperationNotFound,
+    TransitionRefused,
+    UnknownKind,
+    WorkflowError,
+)
 from .models import ConcurrencySlot, Operation, OperationEvent, StepCache, StepMember
 from .states import (
     ACTIVE,
@@ -28,7 +44,6 @@ from .states import (
     transitions_for_verb,
 )
 from .workflow import (
-    WorkflowError,
     build_plan,
     cache_key,
     member_task_id,
@@ -42,31 +57,6 @@ RUN_STEP_TASK = "operations.run_step"
 RUN_MEMBER_TASK = "operations.run_member"
 
 
-# --- errors -----------------------------------------------------------------------------------
-
-
-# OperationError and InvalidParams live in the catalogue (kinds raise them while preparing).
-
-
-class OperationNotFound(OperationError):
-    pass
-
-
-class TransitionRefused(OperationError):
-    def __init__(self, message, *, operation_id=None, status=None):
-        super().__init__(message)
-        self.operation_id = operation_id
-        self.status = status
-
-
-class ConcurrencyLimitReached(OperationError):
-    pass
-
-
-class Fenced(Exception):
-    """A worker's write found the row moved on (new run token, other fence, or not running)."""
-
-
 # --- actors -----------------------------------------------------------------------------------
 
 
@@ -76,10 +66,11 @@ class Actor:
 
     name: str
     via: str
-    user: object = None
+    user: Any = None
 
     @classmethod
-    def coerce(cls, who, via="web"):
+    def coerce(cls, who: Actor | str | Any, via: str = "web") -> Actor:
+        """An Actor from an Actor, a system actor's name ("worker", "beat", "cli") or a user."""
         if isinstance(who, Actor):
             return who
         if isinstance(who, str):
@@ -156,10 +147,11 @@ def _route(entry):
 
 def _acquire_slot(operation_id, kind, owner_id):
     """Take one of the kind's ``max_concurrent`` slots; the unique key makes two takers impossible."""
-    if not kind.max_concurrent:
+    limit = kind.concurrency_limit()
+    if not limit:
         return
     scope = "global" if kind.concurrency_scope == "global" else f"user:{owner_id}"
-    for slot in range(kind.max_concurrent):
+    for slot in range(limit):
         try:
             with transaction.atomic():
                 ConcurrencySlot.objects.create(kind=kind.name, scope=scope, slot=slot, operation_id=operation_id)
@@ -171,7 +163,7 @@ def _acquire_slot(operation_id, kind, owner_id):
     where = "at a time" if kind.concurrency_scope == "global" else "per user at a time"
     held = ", ".join(str(h) for h in holders) or "another operation"
     raise ConcurrencyLimitReached(
-        f"{kind.name} allows {kind.max_concurrent} unfinished operation(s) {where}; "
+        f"{kind.name} allows {limit} unfinished operation(s) {where}; "
         f"operation {held} holds the slot — wait for it to end, or cancel it"
     )
 
@@ -233,7 +225,8 @@ def clean_params(kind, params, files=None):
     return form.params()
 
 
-def operation_start(*, kind, params=None, owner=None, actor, files=None):
+def operation_start(*, kind: str, params: Mapping[str, Any] | None = None, owner: Any = None,
+                    actor: Actor | str | Any, files: Mapping[str, Any] | None = None) -> Operation:
     """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit.
 
     The concurrency slot is taken before the kind prepares its input (e.g. stores an upload), so
@@ -269,22 +262,22 @@ def operation_start(*, kind, params=None, owner=None, actor, files=None):
 # --- the user verbs ---------------------------------------------------------------------------
 
 
-def operation_pause(*, operation, actor):
+def operation_pause(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
     """Ask the worker to pause at the next pause point."""
     return _apply_verb(operation, "pause", actor)
 
 
-def operation_resume(*, operation, actor):
+def operation_resume(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
     """Resume a paused or interrupted operation (new run token), or withdraw a pending pause."""
     return _apply_verb(operation, "resume", actor)
 
 
-def operation_cancel(*, operation, actor):
+def operation_cancel(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
     """Cancel: at the next pause point if running, at once (with compensation) otherwise."""
     return _apply_verb(operation, "cancel", actor)
 
 
-def operation_retry(*, operation, actor):
+def operation_retry(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
     """Resume a failed operation from the step that failed."""
     return _apply_verb(operation, "retry", actor)
 
@@ -295,7 +288,7 @@ class BulkOutcome:
     refused: list
 
 
-def operations_apply(verb, operations, *, actor):
+def operations_apply(verb: str, operations: Iterable[Operation | int], *, actor: Actor | str | Any) -> BulkOutcome:
     """Apply a user verb to each operation (an admin action on a selection); collect refusals."""
     apply = {"pause": operation_pause, "resume": operation_resume,
              "cancel": operation_cancel, "retry": operation_retry}[verb]
@@ -440,7 +433,7 @@ def step_advance(operation_id, run_token, fence, index, carry, *, count_step):
     if count_step:
         values["progress_done"] = index + 1
     row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",),
-                     durable=settings.TAP_DURABLE_STEP_COMMITS)
+                     durable=conf.DURABLE_STEP_COMMITS)
     if row is None:
         raise Fenced(f"operation {operation_id}: step {index} lost its fence (run {run_token})")
     return row[0]
@@ -670,8 +663,8 @@ def operations_reconcile(*, lease=None, redispatch=None):
     One UPDATE for all of them. With ``redispatch`` (setting TAP_RECONCILE_REDISPATCH) they are
     resumed at once; otherwise a user resumes them. Returns the ids marked.
     """
-    lease = settings.TAP_HEARTBEAT_LEASE if lease is None else lease
-    redispatch = settings.TAP_RECONCILE_REDISPATCH if redispatch is None else redispatch
+    lease = conf.HEARTBEAT_LEASE if lease is None else lease
+    redispatch = conf.RECONCILE_REDISPATCH if redispatch is None else redispatch
     now = timezone.now()
     cutoff = now - timedelta(seconds=lease)
     heartbeat = Operation._meta.get_field("heartbeat_at").get_db_prep_save(cutoff, connection=bus.connection)

@@ -16,13 +16,19 @@ def _drop_stale_connections(**kwargs):
     close_old_connections()
 
 
-@shared_task(name="operations.run_step", bind=True, ignore_result=True, acks_late=True)
+# acks_late + reject_on_worker_lost, whatever the host's defaults: a step's message is acknowledged
+# only after the step ran, and given back if its pool process dies meanwhile (manage.py check
+# E007 / E008 report a host setting that turns either off).
+STEP_OPTIONS = {"bind": True, "ignore_result": True, "acks_late": True, "reject_on_worker_lost": True}
+
+
+@shared_task(name="operations.run_step", **STEP_OPTIONS)
 def run_step(self, operation_id, run_token, index):
     """One step of an operation; the message carries only what identifies the step."""
     engine.run_step(self, operation_id, run_token, index)
 
 
-@shared_task(name="operations.run_member", bind=True, ignore_result=True, acks_late=True)
+@shared_task(name="operations.run_member", **STEP_OPTIONS)
 def run_member(self, operation_id, run_token, index, member_index):
     """One member of a group step (e.g. one task of a batch), run in parallel with the others."""
     engine.run_member(self, operation_id, run_token, index, member_index)

@@ -8,13 +8,24 @@ import uuid
 from functools import partial
 from pathlib import Path
 
-from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+
+from .conf import conf
+
+
+def upload_dir():
+    """The folder uploads go to (TAP_UPLOAD_DIR, else MEDIA_ROOT/operations/uploads)."""
+    folder = conf.UPLOAD_DIR
+    if folder is None:
+        raise ImproperlyConfigured("a kind takes file uploads, but neither TAP_UPLOAD_DIR nor MEDIA_ROOT is set "
+                                   "(manage.py check: operations.E010)")
+    return Path(folder)
 
 
 def store(upload):
-    """Write an uploaded file under TAP_UPLOAD_DIR with a unique name; returns its path."""
-    folder = Path(settings.TAP_UPLOAD_DIR)
+    """Write an uploaded file under the upload folder with a unique name; returns its path."""
+    folder = upload_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}-{Path(upload.name).name}"
     with open(target, "wb") as out:
@@ -28,8 +39,9 @@ def discard(params):
     path = params.get("path") if isinstance(params, dict) else None
     if not path:
         return False
+    folder = conf.UPLOAD_DIR
     candidate = Path(path).resolve()
-    if candidate.parent != Path(settings.TAP_UPLOAD_DIR).resolve():
+    if folder is None or candidate.parent != Path(folder).resolve():
         return False
     candidate.unlink(missing_ok=True)
     return True

@@ -1,7 +1,7 @@
-"""Tappable workflows — the public Python API.
+"""Tappable workflows: ``@step``, and how a Celery chain becomes a stored plan (and back).
 
-A developer marks Celery tasks as operation steps with :func:`step` and hands a chain of their
-signatures to a kind (see :mod:`operations.catalogue`). The engine turns the chain into a *plan*:
+A developer marks Celery tasks as operation steps with :func:`step` (exported by ``operations``)
+and hands a chain of their signatures to a kind (see :mod:`operations.catalogue`). The engine turns the chain into a *plan*:
 signature-style dicts, written once to ``Operation.workflow``; only steps registered here can ever
 be rebuilt from that JSON (the allowlist), and their arguments must fit their functions.
 
@@ -12,15 +12,22 @@ be rebuilt from that JSON (the allowlist), and their arguments must fit their fu
     chain(add.s(4, 6), add.s(3))   # a pause point at every step boundary (pause_every=1)
 """
 
+from __future__ import annotations
+
 import hashlib
 import inspect
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, TypeVar, overload
 
 from celery import shared_task
 from celery.canvas import Signature, _chain, chord, group
+
+from .exceptions import WorkflowError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 PLAN_VERSION = 1
 #: Signature options a plan keeps; anything else in a stored step is refused.
@@ -28,10 +35,6 @@ STEP_OPTIONS = frozenset({"queue", "priority", "max_retries", "retry_delay"})
 STEP_KEYS = frozenset({"task", "args", "kwargs", "options", "immutable"})
 #: Most members one group step may have.
 MAX_GROUP_MEMBERS = 10_000
-
-
-class WorkflowError(ValueError):
-    """A plan that cannot run: the message names the step and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,14 @@ class StepSpec:
 
 #: The allowlist: task name → step. Filled by :func:`step` at import time.
 STEPS: dict[str, StepSpec] = {}
+
+
+@overload
+def step(func: F, /) -> F: ...
+@overload
+def step(*, name: str | None = None, atomic: bool = True, context: bool = False, max_retries: int = 0,
+         retry_delay: float = 1.0, cache: bool = False, cache_exclude: tuple[str, ...] | list[str] = (),
+         **task_options: Any) -> Callable[[F], F]: ...
 
 
 def step(func=None, *, name=None, atomic=True, context=False, max_retries=0, retry_delay=1.0,

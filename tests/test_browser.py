@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from operations import services
-from operations.kinds.arithmetic import expected_result
+from operations.contrib.demo.kinds.arithmetic import expected_result
 from operations.models import Operation
 from operations.states import Status
 from tests.conftest import IN_CI

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from operations.kinds.arithmetic import expected_result
+from operations.contrib.demo.kinds.arithmetic import expected_result
 from tests.support.ops import wait_status
 from tests.support.worker import ROOT
 

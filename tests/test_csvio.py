@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operations import csvio
+from operations.contrib.demo import csvio
 
 plain_line = st.from_regex(r"[0-9a-z,. @-]{1,30}", fullmatch=True)
 quoted_line = st.builds(lambda a, b: f'{a},"{b}\nwith a newline, and a comma"', plain_line, plain_line)

@@ -8,8 +8,9 @@ import pytest
 from django.contrib.auth.models import User
 
 from operations import services
-from operations.kinds.arithmetic import expected_result
-from operations.models import Operation, Record
+from operations.contrib.demo.kinds.arithmetic import expected_result
+from operations.contrib.demo.models import Record
+from operations.models import Operation
 from operations.states import Status
 from tapproject.celery import app
 from tests.support.ops import run_concurrently, status_changes, wait_for, wait_settled, wait_status

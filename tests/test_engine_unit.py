@@ -8,8 +8,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from operations import services
-from operations.kinds.arithmetic import add, expected_result, mult
-from operations.models import Operation, Record
+from operations.contrib.demo.kinds.arithmetic import add, expected_result, mult
+from operations.contrib.demo.models import Record
+from operations.models import Operation
 from operations.states import Status, legal_verbs, refusal_message
 from operations.workflow import WorkflowError, build_plan, step, validate_plan
 from tests.support.kinds import write_rows

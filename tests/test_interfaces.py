@@ -270,11 +270,10 @@ def test_list_page_and_changelist_use_a_constant_number_of_queries(people, count
         assert api_client(people["owner"]).get("/api/operations/").status_code == 200
 
 
-def test_state_changing_endpoints_are_throttled(people, monkeypatch):
+def test_state_changing_endpoints_are_throttled(people, settings):
     from django.core.cache import cache
-    from rest_framework.throttling import ScopedRateThrottle
 
-    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"operation_control": "3/min"})
+    settings.TAP_CONTROL_THROTTLE = "3/min"
     cache.clear()
     client = api_client(people["owner"])
     operation = operation_in(Status.COMPLETED, people["owner"])

@@ -67,7 +67,7 @@ def test_make_run_serves_the_login_page_and_a_worker_answers(tmp_path):
         )
         assert response.status_code == 200 and response.url == f"{base}/operations/"
         assert "Your operations" in response.text and "demo" in response.text
-        assert session.get(f"{base}/static/css/app.css").status_code == 200
+        assert session.get(f"{base}/static/operations/operations.css").status_code == 200
 
         # The worker started by `make run` answers a task sent through the same broker.
         answer = subprocess.run(

@@ -12,8 +12,9 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from operations import selectors, services
-from operations.demo_files import write_demo_csv
-from operations.models import Operation, Record, StagedRecord, StepMember
+from operations.contrib.demo.files import write_demo_csv
+from operations.contrib.demo.models import Record, StagedRecord
+from operations.models import Operation, StepMember
 from operations.serializers import OperationSerializer
 from operations.states import Status
 from tests.support.ops import run_concurrently, status_changes, wait_for, wait_settled, wait_status

@@ -79,12 +79,12 @@ def test_embedded_default_is_sqlite_wal_and_filesystem_broker(tmp_path):
 
 
 def test_each_broker_url_gets_its_transport():
-    """Redis URLs use the transport whose workers survive a Redis restart (tapproject/redis_broker.py)."""
+    """Redis URLs use the transport whose workers survive a Redis restart (operations/brokers/redis.py)."""
     code = "from tapproject.celery import app; print(type(app.connection_for_write().transport).__module__)"
     expected = {
-        "redis://127.0.0.1:6379/0": "tapproject.redis_broker",
+        "redis://127.0.0.1:6379/0": "operations.brokers.redis",
         "amqp://guest:guest@127.0.0.1:5672//": "kombu.transport.pyamqp",
-        "filesystem://localhost/": "tapproject.filesystem_broker",
+        "filesystem://localhost/": "operations.brokers.filesystem",
     }
     for url, module in expected.items():
         result = run_manage({"CELERY_BROKER_URL": url}, "shell", "-c", code)

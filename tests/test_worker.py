@@ -30,3 +30,17 @@ def test_pickle_message_is_refused_by_the_worker(worker):
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.1)
     assert not TaskResult.objects.filter(task_id=pickled_id).exists()
+
+
+def test_worker_sessions_end_when_left_idle_in_a_transaction_for_the_lease(worker, settings):
+    """The app's PostgreSQL session setting (operations.integration) reaches the workers' sessions."""
+    from operations import services
+    from tests.support.ops import wait_status
+
+    operation = services.operation_start(kind="session", params={"name": "idle_in_transaction_session_timeout"},
+                                         actor="cli")
+    result = wait_status(operation.pk, "completed").result
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        assert result == f"{settings.TAP_HEARTBEAT_LEASE}s"  # 6 s in the tests
+    else:
+        assert result is None

@@ -3,8 +3,7 @@
 from celery import chain
 from django import forms
 
-from operations.catalogue import Kind, KindForm, register_kind
-from operations.workflow import step
+from operations import Kind, KindForm, register_kind, step
 
 
 @step(name="examples.slugify", atomic=False)

@@ -1,8 +1,9 @@
 from django.db import migrations
 
-from operations.beat import install_periodic_tasks_migration
-
 
 class Migration(migrations.Migration):
+    """Once installed the periodic tasks; beat adds them now (operations.beat), with the interval
+    the settings give when it starts. Kept so the migration history stays the same."""
+
     dependencies = [("django_celery_beat", "0019_alter_periodictasks_options")]
-    operations = [migrations.RunPython(install_periodic_tasks_migration, migrations.RunPython.noop)]
+    operations = []

@@ -85,36 +85,6 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.CreateModel(
-            name='Record',
-            fields=[
-                ('external_id', models.BigIntegerField(help_text="The row's id in its source (CSV column id).")),
-                ('name', models.CharField(max_length=200)),
-                ('email', models.CharField(max_length=254)),
-                ('amount', models.DecimalField(decimal_places=2, max_digits=14)),
-                ('date', models.DateField()),
-                ('pk', models.CompositePrimaryKey('operation', 'external_id', blank=True, editable=False, primary_key=True, serialize=False)),
-                ('operation', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='operations.operation')),
-            ],
-            options={
-                'abstract': False,
-            },
-        ),
-        migrations.CreateModel(
-            name='StagedRecord',
-            fields=[
-                ('external_id', models.BigIntegerField(help_text="The row's id in its source (CSV column id).")),
-                ('name', models.CharField(max_length=200)),
-                ('email', models.CharField(max_length=254)),
-                ('amount', models.DecimalField(decimal_places=2, max_digits=14)),
-                ('date', models.DateField()),
-                ('pk', models.CompositePrimaryKey('operation', 'external_id', blank=True, editable=False, primary_key=True, serialize=False)),
-                ('operation', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='operations.operation')),
-            ],
-            options={
-                'abstract': False,
-            },
-        ),
-        migrations.CreateModel(
             name='StepMember',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),

@@ -1,8 +1,8 @@
 from django.db import migrations
 
-from operations.beat import install_periodic_tasks_migration
-
 
 class Migration(migrations.Migration):
+    """Once installed the reconciler's periodic task; beat adds it now (operations.beat)."""
+
     dependencies = [("operations", "0002_operations")]
-    operations = [migrations.RunPython(install_periodic_tasks_migration, migrations.RunPython.noop)]
+    operations = []

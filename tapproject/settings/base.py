@@ -66,11 +66,13 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "rest_framework.authtoken",
-    "drf_spectacular",
     "django_celery_results",
     "django_celery_beat",
     "accounts",
+    # The app, installed as any host installs it (pip install -e .; docs/installation.md), and
+    # its optional demo kinds.
     "operations",
+    "operations.contrib.demo",
 ]
 
 MIDDLEWARE = [
@@ -121,11 +123,6 @@ def database_from_url(url):
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config.setdefault("OPTIONS", {})
         config["OPTIONS"].setdefault("connect_timeout", 10)
-        # A worker frozen inside a transaction (SIGSTOP, a hung host) must not hold its locks
-        # forever: PostgreSQL ends such a session after the heartbeat lease, so a resumed run
-        # can take over its rows.
-        lease_ms = env_int("TAP_HEARTBEAT_LEASE", 120) * 1000
-        config["OPTIONS"].setdefault("options", f"-c idle_in_transaction_session_timeout={lease_ms}")
     return config
 
 
@@ -150,7 +147,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = VAR_DIR / "media"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -170,10 +166,7 @@ LOGGING = {
 CELERY_BROKER_URL = env("CELERY_BROKER_URL") or "filesystem://localhost/"
 BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for folder in ("queue", "processed", "control"):
-        (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
-    # kombu's filesystem transport, publishing atomically (see tapproject/filesystem_broker.py).
-    CELERY_BROKER_TRANSPORT = "tapproject.filesystem_broker:Transport"
+    # The operations app publishes to it atomically (operations/brokers/filesystem.py).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -188,9 +181,6 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600),
     }
-if CELERY_BROKER_URL.startswith("redis://"):
-    # kombu's Redis transport, with workers that survive a Redis restart (tapproject/redis_broker.py).
-    CELERY_BROKER_TRANSPORT = "tapproject.redis_broker:Transport"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
@@ -223,27 +213,18 @@ else:
                           "LOCATION": str(VAR_DIR / "cache")}}
 
 # --- REST framework -------------------------------------------------------------------------
+# The operations API carries its own permission, paging, throttle and schema classes; the site
+# picks how people authenticate: API tokens (accounts) or the session.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
-    "PAGE_SIZE": 50,
-    "DEFAULT_THROTTLE_RATES": {
-        "operation_control": env("TAP_CONTROL_THROTTLE", "120/min"),
-    },
-}
-SPECTACULAR_SETTINGS = {
-    "TITLE": "tapproject API",
-    "DESCRIPTION": "Start, watch, pause, resume, cancel and retry long-running operations.",
-    "VERSION": "1.0.0",
-    "SERVE_INCLUDE_SCHEMA": False,
 }
 
-# --- tapproject -----------------------------------------------------------------------------
+# --- the operations app (docs/settings.md) --------------------------------------------------
+# Every one is optional; tapproject reads them from the environment.
 # How long a running operation may go without a heartbeat before beat calls it interrupted.
 TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 120)
 # Whether the reconciler re-dispatches interrupted operations by itself (else a user resumes).
@@ -254,7 +235,9 @@ TAP_RECONCILE_INTERVAL = env_int("TAP_RECONCILE_INTERVAL", 30)
 # writes, so those steps run again; nothing is lost or doubled. Status changes and in-step
 # checkpoints always commit durably.
 TAP_DURABLE_STEP_COMMITS = env_bool("TAP_DURABLE_STEP_COMMITS", False)
-# CSV import / summary: server-side files live in TAP_CSV_DIR (the demo files too), uploads in
+# The API's rate limit of state changes per user.
+TAP_CONTROL_THROTTLE = env("TAP_CONTROL_THROTTLE", "120/min")
+# The demo kinds (operations.contrib.demo). CSV import / summary: server-side files live in TAP_CSV_DIR (the demo files too), uploads in
 # TAP_UPLOAD_DIR; a chunk of TAP_CSV_CHUNK_ROWS rows commits with its checkpoint.
 TAP_CSV_DIR = Path(env("TAP_CSV_DIR", VAR_DIR / "csv"))
 TAP_UPLOAD_DIR = Path(env("TAP_UPLOAD_DIR", VAR_DIR / "uploads"))

@@ -9,7 +9,8 @@ import hashlib
 
 from django.db.models import Count
 
-from operations.models import Operation, Record
+from operations.contrib.demo.models import Record
+from operations.models import Operation
 from operations.states import TERMINAL, Status, is_legal
 
 

@@ -129,7 +129,7 @@ of an operation the reconciler marked `interrupted` (its worker or its messages 
 retry of one whose step failed while the database was down; and what a process supervisor does:
 start a worker that exited. No worker had to be restarted after a Redis restart: kombu 5.7's Redis
 transport makes a worker exit when Redis restarts under a running task (it restores and acks
-through the closed connection); `tapproject/redis_broker.py` fixes that, and the redis-restart runs
+through the closed connection); `operations/brokers/redis.py` fixes that, and the redis-restart runs
 check that the same worker carries on.
 
 Why the interventions differ: RabbitMQ returns a killed worker's unacknowledged message to the

@@ -20,8 +20,9 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from operations import services
-from operations.csvio import MAX_LINE_BYTES
-from operations.models import ConcurrencySlot, Operation, Record
+from operations.contrib.demo.csvio import MAX_LINE_BYTES
+from operations.contrib.demo.models import Record
+from operations.models import ConcurrencySlot, Operation
 from operations.states import Status
 from tests.faults.checker import check_operation
 from tests.support.ops import wait_settled, wait_status

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from operations import services
-from operations.demo_files import write_demo_csv
+from operations.contrib.demo.files import write_demo_csv
 from operations.models import Operation
 from operations.states import Status
 from tests.conftest import BACKEND
@@ -234,7 +234,7 @@ def test_redis_restarted_without_persistence(worker, workload_name, seed):
     workload = workloads()[workload_name]
     operation_id = start_and_reach(workload, rng)
     restart_redis_losing_everything()  # the running step's unacknowledged message is gone
-    worker.wait_ready(timeout=30)  # the same worker reconnected (tapproject/redis_broker.py)
+    worker.wait_ready(timeout=30)  # the same worker reconnected (operations/brokers/redis.py)
     interventions = drive_to_completion(operation_id)
     verdict("redis-restart", workload, seed, operation_id, interventions, started)
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from operations import services
-from operations.kinds.arithmetic import expected_result
+from operations.contrib.demo.kinds.arithmetic import expected_result
 from operations.models import Operation
 from operations.states import Status
 from tests.conftest import BACKEND

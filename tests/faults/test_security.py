@@ -10,7 +10,6 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
-from rest_framework.throttling import ScopedRateThrottle
 
 from operations import services
 from operations.models import Operation, StepMember
@@ -123,8 +122,8 @@ def test_production_settings_read_the_secret_only_from_the_environment(module):
 
 
 @pytest.fixture
-def three_per_minute(monkeypatch):
-    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"operation_control": "3/min"})
+def three_per_minute(settings):
+    settings.TAP_CONTROL_THROTTLE = "3/min"
     cache.clear()
     yield
     cache.clear()

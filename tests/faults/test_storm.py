@@ -41,8 +41,9 @@ from hypothesis.stateful import (
 )
 
 from operations import engine, services
-from operations.kinds.arithmetic import expected_result
-from operations.models import Operation, Record
+from operations.contrib.demo.kinds.arithmetic import expected_result
+from operations.contrib.demo.models import Record
+from operations.models import Operation
 from operations.states import ACTIVE, TERMINAL, Status
 from operations.workflow import STEPS
 from tests.conftest import BACKEND

@@ -12,8 +12,8 @@ from celery import chain
 from django import forms
 
 from operations.catalogue import Kind, KindForm, register_kind
-from operations.kinds.arithmetic import add
-from operations.models import Record
+from operations.contrib.demo.kinds.arithmetic import add
+from operations.contrib.demo.models import Record
 from operations.workflow import step
 
 
@@ -113,4 +113,29 @@ register_kind(Kind(
     name="looper", label="Looper (tests)", form=LooperForm, progress="custom", progress_unit="rows",
     build=lambda p: chain(loop_in_chunks.si(p["total"], p["chunk"], delay=p["delay"])),
     compensate=remove_rows,
+))
+
+
+# --- session: what a worker's database session looks like ----------------------------------------
+
+
+@step(name="tests.session_setting", atomic=False)
+def session_setting(name):
+    """The worker session's value of a PostgreSQL setting (None on other databases)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s)", [name])
+        return cursor.fetchone()[0]
+
+
+class SessionForm(KindForm):
+    name = forms.CharField()
+
+
+register_kind(Kind(
+    name="session", label="Session setting (tests)", form=SessionForm,
+    build=lambda p: chain(session_setting.si(p["name"])),
 ))

@@ -6,10 +6,10 @@ Thin: parse, call a service or selector, print. Errors go to stderr with a non-z
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from django import forms
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
@@ -17,7 +17,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from operations import selectors, services
 from operations.catalogue import all_kinds
-from operations.demo_files import DEMO_FILES, ensure_demo_files, write_demo_csv
+from operations.cli import VERBS
 from operations.models import Operation
 from operations.serializers import OperationListSerializer, OperationSerializer
 from operations.states import ACTIVE, Status, label
@@ -58,16 +58,14 @@ class Command(BaseCommand):
         count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
         count.add_argument("id", type=int)
 
-        make_csv = verbs.add_parser("make-csv", help="write a deterministic demo CSV file")
-        make_csv.add_argument("path")
-        make_csv.add_argument("--rows", type=int, required=True)
-        make_csv.add_argument("--format", choices=["records", "people"], default="records")
-
-        demo = verbs.add_parser("make-demo-files", help="write the demo CSV files into the CSV folder if missing")
-        demo.add_argument("--rows", type=int, default=1_000_000)
+        for extra in VERBS.values():  # verbs other apps add (the demo's make-csv, say)
+            extra.add_arguments(verbs.add_parser(extra.name, help=extra.help))
 
     def handle(self, *args, verb, **options):
-        handler = getattr(self, "do_" + verb.replace("-", "_"))
+        if verb in VERBS:
+            handler = partial(VERBS[verb].handle, self)
+        else:
+            handler = getattr(self, "do_" + verb.replace("-", "_"))
         try:
             handler(**options)
         except (services.OperationError, Operation.DoesNotExist, ValueError) as exc:
@@ -177,16 +175,6 @@ class Command(BaseCommand):
         if count is None:
             raise CommandError(f"operation {id} ({operation.kind}) stores no data rows")
         self.stdout.write(str(count))
-
-    def do_make_csv(self, path, rows, format, **options):
-        written = write_demo_csv(path, rows=rows, fmt=format)
-        self.stdout.write(f"wrote {rows} rows ({format}) to {written}")
-
-    def do_make_demo_files(self, rows, **options):
-        folder = settings.TAP_CSV_DIR
-        for path in ensure_demo_files(folder, rows=rows):
-            self.stdout.write(f"wrote {rows} rows to {path}")
-        self.stdout.write(f"demo files in {folder}: {', '.join(sorted(DEMO_FILES))}")
 
     # --- helpers ------------------------------------------------------------------------------
 

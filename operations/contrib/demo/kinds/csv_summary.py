@@ -7,10 +7,11 @@ other than the usual ones is counted under its own name.
 
 from celery import chain
 
-from ..catalogue import Kind, register_kind
+from operations.catalogue import Kind, register_kind
+from operations.workflow import step
+
 from ..csvio import chunks, parse
-from ..demo_files import PEOPLE_HEADER
-from ..workflow import step
+from ..files import PEOPLE_HEADER
 from .csv_source import CsvSourceForm, prepare_source
 
 

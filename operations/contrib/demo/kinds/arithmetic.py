@@ -5,8 +5,8 @@ import time
 from celery import chain
 from django import forms
 
-from ..catalogue import Kind, KindForm, register_kind
-from ..workflow import step
+from operations.catalogue import Kind, KindForm, register_kind
+from operations.workflow import step
 
 ADDEND = 6
 FACTOR = 16

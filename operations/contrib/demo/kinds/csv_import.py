@@ -9,15 +9,16 @@ import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from celery import chain
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 
-from ..catalogue import Kind, register_kind
+from operations.catalogue import Kind, register_kind
+from operations.workflow import step
+
+from ..conf import conf
 from ..csvio import CsvFileError, chunks, copy_error, parse
-from ..demo_files import RECORD_HEADER
+from ..files import RECORD_HEADER
 from ..models import Record
 from ..rowstore import copy_csv, is_postgresql, write_rows
-from ..workflow import step
 from .csv_source import CsvSourceForm, prepare_source
 
 #: Database column → the CSV column it comes from, for error messages.
@@ -137,7 +138,7 @@ register_kind(Kind(
     compensate=remove_records,
     cancel_effect="Removes every record this import has stored so far.",
     count_rows=count_records,
-    max_concurrent=settings.TAP_CSV_IMPORT_MAX_CONCURRENT,
+    max_concurrent=lambda: conf.CSV_IMPORT_MAX_CONCURRENT,
     concurrency_scope="user",
     progress="custom",
     progress_unit="rows",

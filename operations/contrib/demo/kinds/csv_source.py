@@ -3,22 +3,25 @@
 from pathlib import Path
 
 from django import forms
-from django.conf import settings
 
-from .. import uploads
-from ..catalogue import InvalidParams
+from operations import uploads
+from operations.catalogue import InvalidParams
+
+from ..conf import conf
 from ..csvio import CsvFileError, start_state
 from .chunking import ChunkedForm
 
 
 def csv_dir():
-    return Path(settings.TAP_CSV_DIR)
+    """The server's CSV folder (TAP_CSV_DIR); None when neither it nor MEDIA_ROOT is set."""
+    folder = conf.CSV_DIR
+    return None if folder is None else Path(folder)
 
 
 def server_files():
     """The CSV files a user may pick on the New page (the demo files live here)."""
     folder = csv_dir()
-    return sorted(p.name for p in folder.glob("*.csv") if p.is_file()) if folder.is_dir() else []
+    return sorted(p.name for p in folder.glob("*.csv") if p.is_file()) if folder and folder.is_dir() else []
 
 
 class CsvSourceForm(ChunkedForm):
@@ -26,7 +29,7 @@ class CsvSourceForm(ChunkedForm):
     path = forms.CharField(required=False, max_length=255,
                            help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-records.csv).")
     field_order = ["file", "path"]
-    setting_defaults = {"chunk_rows": "TAP_CSV_CHUNK_ROWS"}
+    setting_defaults = {"chunk_rows": lambda: conf.CSV_CHUNK_ROWS}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,18 +39,21 @@ class CsvSourceForm(ChunkedForm):
 
     def clean_file(self):
         upload = self.cleaned_data.get("file")
-        limit = settings.TAP_CSV_MAX_UPLOAD_MB * 1024 * 1024
+        limit = conf.CSV_MAX_UPLOAD_MB * 1024 * 1024
         if upload and upload.size > limit:
             raise forms.ValidationError(
                 f"{upload.name} is {upload.size / 1048576:.1f} MB; uploads are limited to "
-                f"{settings.TAP_CSV_MAX_UPLOAD_MB} MB (put larger files in the server's CSV folder)")
+                f"{conf.CSV_MAX_UPLOAD_MB} MB (put larger files in the server's CSV folder)")
         return upload
 
     def clean_path(self):
         name = self.cleaned_data.get("path", "").strip()
         if not name:
             return ""
-        folder = csv_dir().resolve()
+        folder = csv_dir()
+        if folder is None:
+            raise forms.ValidationError("this server has no CSV folder (TAP_CSV_DIR): upload a file instead")
+        folder = folder.resolve()
         candidate = (folder / name).resolve()
         if candidate.parent != folder:
             raise forms.ValidationError(f"{name}: give the name of a file in the CSV folder, not a path")

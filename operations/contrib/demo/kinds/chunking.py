@@ -2,7 +2,7 @@
 
 from django import forms
 
-from ..catalogue import KindForm
+from operations.catalogue import KindForm
 
 
 class ChunkedForm(KindForm):

@@ -12,12 +12,14 @@ from celery import chain
 from django import forms
 from django.db import connection
 
-from ..catalogue import Kind, register_kind
-from ..demo_files import DAYS, FIRST, LAST
+from operations.catalogue import Kind, register_kind
+from operations.workflow import step
+
+from ..conf import conf
+from ..files import DAYS, FIRST, LAST
 from ..models import Record, StagedRecord
 from ..pacing import Pace
 from ..rowstore import write_rows
-from ..workflow import step
 from .chunking import ChunkedForm
 
 
@@ -64,7 +66,7 @@ def publish_rows(ctx, staged):
 class BulkInsertForm(ChunkedForm):
     rows = forms.IntegerField(min_value=1, max_value=10_000_000, help_text="How many random rows to insert.")
     field_order = ["rows"]
-    setting_defaults = {"chunk_rows": "TAP_BULK_CHUNK_ROWS"}
+    setting_defaults = {"chunk_rows": lambda: conf.BULK_CHUNK_ROWS}
 
 
 def remove_rows(operation):

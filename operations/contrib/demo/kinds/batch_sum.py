@@ -12,8 +12,10 @@ import time
 from celery import group
 from django import forms
 
-from ..catalogue import Kind, KindForm, register_kind
-from ..workflow import step
+from operations.catalogue import Kind, KindForm, register_kind
+from operations.workflow import step
+
+from ..conf import conf
 
 MAX_TASKS = 1000
 
@@ -40,7 +42,7 @@ class BatchSumForm(KindForm):
     max_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
                                    help_text="… and at most this long.")
 
-    setting_defaults = {"min_seconds": "TAP_BATCH_MIN_SECONDS", "max_seconds": "TAP_BATCH_MAX_SECONDS"}
+    setting_defaults = {"min_seconds": lambda: conf.BATCH_MIN_SECONDS, "max_seconds": lambda: conf.BATCH_MAX_SECONDS}
 
     def clean(self):
         cleaned = super().clean()

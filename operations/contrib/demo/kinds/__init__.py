@@ -1,0 +1,1 @@
+"""The demo kinds; each module registers itself with the catalogue on import (operation_kinds.py)."""

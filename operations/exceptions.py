@@ -1,0 +1,60 @@
+"""Every exception of the operations app, in one module.
+
+The ones a caller handles derive from OperationError; their message is written for the person who
+asked (it says what is wrong and what to do). Faces turn them into a 400 / 409, an admin warning
+or a CLI error line.
+"""
+
+from __future__ import annotations
+
+
+class OperationError(Exception):
+    """An operation could not be started or changed; the message says why, for the user."""
+
+
+class InvalidParams(OperationError):
+    """Bad parameters; ``errors`` maps each field (``__all__`` for the whole) to its messages."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        super().__init__("; ".join(
+            (f"{name}: " if name != "__all__" else "") + " ".join(messages)
+            for name, messages in errors.items()
+        ))
+
+
+class UnknownKind(LookupError):
+    """No kind of that name is registered (the message lists the known ones)."""
+
+
+class OperationNotFound(OperationError):
+    """No operation has that id."""
+
+
+class TransitionRefused(OperationError):
+    """The verb does not apply to the operation's status now (HTTP 409)."""
+
+    def __init__(self, message: str, *, operation_id: int | None = None, status: str | None = None):
+        super().__init__(message)
+        self.operation_id = operation_id
+        self.status = status
+
+
+class ConcurrencyLimitReached(OperationError):
+    """The kind's ``max_concurrent`` slots are all held; the message names the holders."""
+
+
+class WorkflowError(ValueError):
+    """A plan that cannot run: the message names the step and what is wrong with it."""
+
+
+class Fenced(Exception):
+    """Internal: a worker's write found the row moved on (new run token, other fence, or not running)."""
+
+
+class StopStep(Exception):
+    """Internal: raised out of a checkpoint when a pause or cancel is pending; the engine obeys it."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
