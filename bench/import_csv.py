@@ -251,7 +251,7 @@ class Import:
             raise RuntimeError(f"operation {self.operation_id}: {status}: {self.row('error')[0]}")
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*), count(DISTINCT external_id), coalesce(sum(external_id), 0) "
-                           "FROM operations_record WHERE operation_id = %s", [self.operation_id])
+                           "FROM operations_demo_record WHERE operation_id = %s", [self.operation_id])
             count, distinct, total = cursor.fetchone()
         expected_sum = self.rows * (self.rows + 1) // 2  # the demo file's ids are 1..rows
         if (count, distinct, total) != (self.rows, self.rows, expected_sum):
@@ -268,7 +268,7 @@ def clear_records():
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE operations_record")
+        cursor.execute("TRUNCATE operations_demo_record")
 
 
 def run_import(worker, path, rows, *, chunk_rows=None, pause_at=()):
@@ -447,9 +447,9 @@ def drop_record_constraint(contype):
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT conname FROM pg_constraint "
-                       "WHERE conrelid = 'operations_record'::regclass AND contype = %s", [contype])
+                       "WHERE conrelid = 'operations_demo_record'::regclass AND contype = %s", [contype])
         for (name,) in cursor.fetchall():
-            cursor.execute(f'ALTER TABLE operations_record DROP CONSTRAINT "{name}"')
+            cursor.execute(f'ALTER TABLE operations_demo_record DROP CONSTRAINT "{name}"')
 
 
 def profile(worker, conn, path, rows, chunk_rows, seconds, default_peak):
