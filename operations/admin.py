@@ -33,7 +33,7 @@ class OperationEventInline(admin.TabularInline):
 
 @admin.register(Operation)
 class OperationAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "owner", "status_badge", "progress_bar", "last_change")
+    list_display = ("id", "kind", "owner", "status_badge", "progress_bar", "sign_of_life", "last_change")
     list_display_links = ("id", "kind")
     list_filter = ("status", "kind", "owner")
     search_fields = ("=id", "kind", "owner__username", "error")
@@ -44,7 +44,8 @@ class OperationAdmin(admin.ModelAdmin):
     actions = ["pause", "resume", "cancel", "retry"]
     inlines = [OperationEventInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "params", "result", "error", "run_token",
-              "remaining_workflow", "heartbeat_at", "created_at", "started_at", "finished_at", "updated_at")
+              "remaining_workflow", "heartbeat_at", "sign_of_life", "resume_at", "claims", "auto_resumes",
+              "created_at", "started_at", "finished_at", "updated_at")
     readonly_fields = fields
 
     class Media:
@@ -52,6 +53,18 @@ class OperationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # operations start from the pages, the API or the CLI, with their parameters checked
+
+    def get_deleted_objects(self, objs, request):
+        """What a delete removes, as counts: Django's own list names every related row (a million
+        records of an import make a 20 MB page and take minutes to build)."""
+        operations = list(objs)
+        listed, perms_needed = [], set()
+        if operations and not self.has_delete_permission(request):
+            perms_needed.add(self.opts.verbose_name)
+        for operation in operations:
+            parts = [f"{count:,} {what}" for what, count in selectors.operation_dependents(operation) if count]
+            listed += [f"{self.opts.verbose_name.capitalize()}: {operation}", parts]
+        return listed, {self.opts.verbose_name_plural: len(operations)}, perms_needed, []
 
     def has_change_permission(self, request, obj=None):
         return False  # engine fields change only through the actions below
@@ -65,6 +78,18 @@ class OperationAdmin(admin.ModelAdmin):
         total = obj.progress_total or 0
         return format_html('<progress max="100" value="{}"></progress> {}% <span class="tap-muted">{} / {}</span>',
                            obj.percent, obj.percent, obj.progress_done, total or "?")
+
+    @admin.display(description="last sign of life", ordering="heartbeat_at")
+    def sign_of_life(self, obj):
+        """How long ago a worker reported, for active operations; a warning once they are silent."""
+        if not selectors.operation_is_active(obj):
+            return "—"
+        age = selectors.heartbeat_age(obj)
+        warning = selectors.silence(obj)
+        if warning:
+            return format_html('<span class="tap-silent" title="{}">⚠ {} ago</span>', warning,
+                               selectors.human_duration(age))
+        return f"{selectors.human_duration(age)} ago" if age is not None else "—"
 
     @admin.display(description="last change", ordering="updated_at")
     def last_change(self, obj):

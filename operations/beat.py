@@ -1,42 +1,14 @@
-"""The periodic tasks the operations app relies on, and how they get onto the host's beat.
+"""django-celery-beat's scheduler, as the app would have it.
 
-The reconciler is added to the Celery app's ``beat_schedule`` when Django starts in a process
-(see ``operations.integration``; beat reads its schedule after that), so it runs under whichever scheduler the host's beat uses: Celery's
-own (a schedule file), django-celery-beat's ``DatabaseScheduler`` (which copies it into its table
-at every start, interval included), or ``OperationsScheduler`` below (which adds it once and then
-keeps what the admin shows). Its interval is TAP_RECONCILE_INTERVAL, read when the process starts.
+(The reconciler is not a periodic task: it runs in a thread of beat's own process, see
+``operations.reconciler``.)
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django_celery_beat.schedulers import DatabaseScheduler
-
-from .conf import conf
-
-RECONCILE_ENTRY = "operations.reconcile"
-
-
-def beat_entries() -> dict[str, dict[str, Any]]:
-    """The app's entries, in Celery's ``beat_schedule`` form."""
-    interval = conf.RECONCILE_INTERVAL
-    return {
-        RECONCILE_ENTRY: {
-            "task": "operations.reconcile",
-            "schedule": timedelta(seconds=interval),
-            # A reconcile that waited longer than an interval in the queue (no worker up) is
-            # useless: the next one is already on its way.
-            "options": {"expires": max(1.0, float(interval))},
-        },
-    }
-
-
-def add_beat_entries(app: Any) -> None:
-    """Put the app's entries into ``app.conf.beat_schedule``; the host's own entries of the same
-    name win (that is how a host changes one, e.g. to route it to a queue)."""
-    app.conf.beat_schedule = {**beat_entries(), **(app.conf.beat_schedule or {})}
 
 
 class OperationsScheduler(DatabaseScheduler):

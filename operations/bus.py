@@ -17,7 +17,12 @@ COMMIT_MODE = " FROM (SELECT set_config('synchronous_commit', %s, true)) AS comm
 
 
 class Raw(str):
-    """A SQL expression for a SET clause, e.g. ``Raw("run_token + 1")``."""
+    """A SQL expression for a SET clause, e.g. ``Raw("run_token + 1")``, with its parameters."""
+
+    def __new__(cls, sql, params=()):
+        raw = super().__new__(cls, sql)
+        raw.params = list(params)
+        return raw
 
 
 def _q(name):
@@ -35,7 +40,7 @@ def _table():
 
 def _assignment(name, value):
     if isinstance(value, Raw):
-        return f"{_q(name)} = {value}", []
+        return f"{_q(name)} = {value}", value.params
     field = Operation._meta.get_field(name)
     return f"{_q(name)} = %s", [field.get_db_prep_save(value, connection)]
 

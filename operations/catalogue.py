@@ -22,8 +22,8 @@ from django.utils.module_loading import autodiscover_modules
 from .conf import conf
 from .exceptions import InvalidParams, OperationError, UnknownKind
 
-__all__ = ["InvalidParams", "Kind", "KindForm", "OperationError", "UnknownKind", "all_kinds", "get_kind",
-           "register_kind"]
+__all__ = ["AUTO_RECOVERY", "InvalidParams", "Kind", "KindForm", "OperationError", "Recovery", "UnknownKind",
+           "all_kinds", "get_kind", "register_kind"]
 
 
 #: JSON values a number field must refuse by their type: Django's fields read ``true`` as 1 and
@@ -75,6 +75,33 @@ def _jsonable(value):
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """How beat brings back an interrupted operation of a kind; None fields take the settings'
+    defaults (TAP_AUTO_RESUME, TAP_AUTO_RESUME_ATTEMPTS, TAP_AUTO_RESUME_BACKOFF, TAP_POISON_LIMIT)."""
+
+    auto_resume: bool | None = None
+    attempts: int | None = None
+    backoff: float | None = None
+    poison_limit: int | None = None
+
+    def resolved(self) -> Recovery:
+        return Recovery(
+            auto_resume=conf.AUTO_RESUME if self.auto_resume is None else self.auto_resume,
+            attempts=conf.AUTO_RESUME_ATTEMPTS if self.attempts is None else self.attempts,
+            backoff=conf.AUTO_RESUME_BACKOFF if self.backoff is None else self.backoff,
+            poison_limit=conf.POISON_LIMIT if self.poison_limit is None else self.poison_limit,
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before automatic resume number ``attempt`` (1, 2, …): doubling, at most 10 min."""
+        return min(600.0, float(self.backoff) * 2 ** max(0, attempt - 1))
+
+
+#: Recovery on by default: what the demo kinds (and any kind that asks for it) use.
+AUTO_RECOVERY = Recovery(auto_resume=True)
+
+
+@dataclass(frozen=True)
 class Kind:
     """An operation type: its parameters (a form), how to build its chain, and how it undoes."""
 
@@ -100,7 +127,12 @@ class Kind:
     count_rows: Callable[[Any], int] | None = None
     #: (cleaned params, files) → params: e.g. stores an upload and records its path.
     prepare: Callable[[dict, Any], dict] | None = None
+    #: How an interrupted operation comes back (None: the settings' defaults).
+    recovery: Recovery | None = None
 
+
+    def recovery_policy(self) -> Recovery:
+        return (self.recovery or Recovery()).resolved()
 
     def concurrency_limit(self) -> int | None:
         limit = self.max_concurrent() if callable(self.max_concurrent) else self.max_concurrent

@@ -75,7 +75,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 
 
 def celery_problems(app: Any) -> list[checks.CheckMessage]:
-    """E004–E009, W011–W013: the Celery configuration the engine's guarantees assume."""
+    """E004–E009, W011–W013, W016: the Celery configuration the engine's guarantees assume."""
     if app.main == "default" and getattr(app, "_config_source", None) is None:  # Celery's fallback app
         return [_error(4, "no Celery app is configured: starting an operation would publish to "
                           "Celery's default broker (amqp://localhost).",
@@ -110,6 +110,11 @@ def celery_problems(app: Any) -> list[checks.CheckMessage]:
                                   "process reserves that many step messages, which wait behind a long step "
                                   "instead of running elsewhere.",
                               "Set CELERY_WORKER_PREFETCH_MULTIPLIER = 1."))
+    if str(c.worker_pool or "prefork") in {"prefork", "processes", "celery.concurrency.prefork:TaskPool"}:
+        found.append(_warning(16, "the workers run Celery's own prefork pool: when all its processes are killed at "
+                                  "once (the OOM killer), it can wedge and run nothing again.",
+                              'Set CELERY_WORKER_POOL = "operations.pool:TaskPool" (the same pool, with that '
+                              "fixed), and run workers under a supervisor (python -m operations.supervise)."))
     if not c.get("CELERY_DB_REUSE_MAX") and not c.get("db_reuse_max"):
         found.append(_warning(12, "CELERY_DB_REUSE_MAX is not set: Celery closes the database connections "
                                   "around every task, so every step opens a new one.",

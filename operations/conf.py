@@ -145,9 +145,19 @@ OPTIONS = [
            "Seconds an active operation may go without a heartbeat before beat calls it interrupted. "
            "Workers beat every lease / 4 while a step runs."),
     Option("RECONCILE_INTERVAL", 30, positive_number,
-           "Seconds between two runs of the reconciler (operations.reconcile, scheduled on beat)."),
-    Option("RECONCILE_REDISPATCH", False, boolean,
-           "Whether the reconciler resumes the operations it marks interrupted (else a person does)."),
+           "Seconds between two runs of the reconciler, a thread of beat's own process."),
+    Option("AUTO_RESUME", False, boolean,
+           "Whether beat resumes interrupted operations by itself (kinds may say otherwise: Kind.recovery)."),
+    Option("AUTO_RESUME_ATTEMPTS", 5, positive_int,
+           "Automatic resumes of an operation in a row without progress between them; then a person decides."),
+    Option("AUTO_RESUME_BACKOFF", 5, positive_number,
+           "Seconds before the first automatic resume; each further one waits twice as long (at most 10 min)."),
+    Option("POISON_LIMIT", 3, positive_int,
+           "Starts of the same step without getting further (a step that kills or stalls its worker) "
+           "after which the operation fails, saying so, instead of starting it again."),
+    Option("WATCHDOG_TIMEOUT", 60, non_negative_number,
+           "Seconds a step received by a worker may wait for a free pool process that never takes it "
+           "before the worker counts as wedged and exits, for its supervisor to start a new one (0: off)."),
     Option("DURABLE_STEP_COMMITS", False, boolean,
            "PostgreSQL: whether a step's advance waits for the WAL flush. Off, a database crash can undo "
            "the last fraction of a second of advances, each with its step's own writes, so those steps "
@@ -176,3 +186,8 @@ OPTIONS = [
 
 #: The app's settings: ``from operations.conf import conf; conf.HEARTBEAT_LEASE``.
 conf = AppSettings(PREFIX, OPTIONS)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two heartbeats of a running step (a quarter of the lease, at least 0.5 s)."""
+    return max(0.5, conf.HEARTBEAT_LEASE / 4)

@@ -24,7 +24,7 @@ from django.db import close_old_connections, transaction
 
 from . import services
 from .catalogue import get_kind
-from .conf import conf
+from .conf import conf, heartbeat_interval
 from .exceptions import StopStep
 from .models import Operation
 from .states import Status
@@ -47,10 +47,11 @@ def _plan(operation_id, run_token):
         return _PLANS[key]
     workflow, kind = Operation.objects.filter(pk=operation_id).values_list("workflow", "kind").get()
     try:
-        count_steps = get_kind(kind).progress == "steps"
+        spec = get_kind(kind)
+        count_steps, poison_limit = spec.progress == "steps", spec.recovery_policy().poison_limit
     except LookupError:
-        count_steps = True
-    plan = (workflow["steps"], workflow["pause_every"], count_steps)
+        count_steps, poison_limit = True, conf.POISON_LIMIT
+    plan = (workflow["steps"], workflow["pause_every"], count_steps, poison_limit)
     _PLANS[key] = plan
     if len(_PLANS) > _PLANS_MAX:
         _PLANS.popitem(last=False)
@@ -70,7 +71,7 @@ class Heartbeat:
 
     @property
     def interval(self):
-        return max(0.5, conf.HEARTBEAT_LEASE / 4)
+        return heartbeat_interval()
 
     @contextmanager
     def beating(self, operation_id, run_token):
@@ -164,7 +165,7 @@ class Run:
     def __init__(self, operation_id, run_token):
         self.operation_id = operation_id
         self.run_token = run_token
-        self.steps, self.pause_every, self.count_steps = _plan(operation_id, run_token)
+        self.steps, self.pause_every, self.count_steps, self.poison_limit = _plan(operation_id, run_token)
         self.length = len(self.steps)
 
     def stop_here(self, status, index, result=None, where=None):
@@ -185,11 +186,16 @@ class Run:
 
 def run_step(task, operation_id, run_token, index):
     """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale."""
-    claim = services.step_claim(operation_id, run_token)
+    claim = services.step_claim(operation_id, run_token, index)
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return
     run = Run(operation_id, run_token)
+    if claim.claims > run.poison_limit and claim.status == Status.RUNNING:
+        # Started that often without getting further: it kills or stalls whatever runs it.
+        services.operation_poisoned(operation_id, run_token, index=index, claims=claim.claims - 1,
+                                    limit=run.poison_limit)
+        return
     if (claim.status != Status.RUNNING and is_pause_point(index, run.pause_every, run.length)) \
             or index >= run.length:
         if run.stop_here(claim.status, index, claim.carry):
@@ -253,6 +259,7 @@ def _retry_or_fail(task, run, index, entry, spec, attempt, exc, where, before_re
     if attempt < max_retries:
         services.operation_note(run.operation_id, f"{where} attempt {attempt + 1} of {max_retries + 1} "
                                                   f"failed: {what}; retrying in {delay}s")
+        services.step_attempt_ended(run.operation_id, run.run_token)  # it raised: no poison
         if before_retry:
             before_retry()
         raise task.retry(countdown=delay, max_retries=max_retries, exc=exc)

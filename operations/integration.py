@@ -1,8 +1,8 @@
 """How the app fits itself into the host's Celery app and database connections when Django starts.
 
-- the Celery app gets the app's fixed broker transport for its broker URL (``operations.brokers``)
-  and the reconciler on its beat schedule (``operations.beat``), with the interval the settings
-  give when the process starts — beat reads its schedule after Django is set up;
+- the Celery app gets the app's fixed broker transport for its broker URL (``operations.brokers``);
+- beat's process gets the reconciler thread (``operations.reconciler``), and a worker's main
+  process the watchdog that notices a wedged pool (``operations.watchdog``);
 - PostgreSQL sessions of worker processes get ``idle_in_transaction_session_timeout``, so that a
   worker frozen inside a transaction (SIGSTOP, a hung host) cannot hold its rows' locks past the
   heartbeat lease: the server ends that session and a resumed run can take the rows over.
@@ -20,7 +20,7 @@ from celery._state import _get_active_apps, connect_on_app_finalize
 from django.db import connections
 from django.db.backends.signals import connection_created
 
-from . import beat, brokers
+from . import brokers, reconciler, watchdog
 from .conf import conf
 
 log = logging.getLogger("operations")
@@ -29,7 +29,7 @@ _configured: set[int] = set()
 
 
 def configure_celery_app(app: Any) -> None:
-    """Give ``app`` the app's broker transport (unless the host chose one) and beat entries."""
+    """Give ``app`` the app's broker transport (unless the host chose one) and the watchdog."""
     if id(app) in _configured:
         return
     _configured.add(id(app))
@@ -37,7 +37,7 @@ def configure_celery_app(app: Any) -> None:
         transport = brokers.transport_for(app.conf.broker_url)
         if transport:
             app.conf.broker_transport = transport
-    beat.add_beat_entries(app)
+    watchdog.install(app)
 
 
 def install() -> None:
@@ -45,6 +45,8 @@ def install() -> None:
     for app in list(_get_active_apps()):
         configure_celery_app(app)
     connect_on_app_finalize(configure_celery_app)
+    signals.beat_init.connect(reconciler.start, weak=False, dispatch_uid="operations.reconciler")
+    signals.beat_embedded_init.connect(reconciler.start, weak=False, dispatch_uid="operations.reconciler.embedded")
     signals.worker_init.connect(_in_worker, weak=False, dispatch_uid="operations.worker_init")
     connection_created.connect(_session_settings, weak=False, dispatch_uid="operations.session_settings")
 

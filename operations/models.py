@@ -47,6 +47,21 @@ class Operation(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sign of life from a worker (or of the last dispatch).",
     )
+    claims = models.PositiveIntegerField(
+        default=0, help_text="Starts of the step at the head since the operation last got further (the poison count).",
+    )
+    claimed_fence = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The write sequence at the last start of the head step.",
+    )
+    auto_resumes = models.PositiveIntegerField(
+        default=0, help_text="Automatic resumes by beat since the operation last got further.",
+    )
+    recovered_fence = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The write sequence at the last automatic resume.",
+    )
+    resume_at = models.DateTimeField(
+        null=True, blank=True, help_text="When beat resumes this interrupted operation by itself.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -3,7 +3,8 @@
 from django.utils import timezone
 
 from .catalogue import UnknownKind, get_kind
-from .models import Operation, OperationEvent
+from .conf import conf, heartbeat_interval
+from .models import Operation, OperationEvent, StepMember
 from .states import ACTIVE, TERMINAL, legal_verbs
 
 
@@ -69,6 +70,13 @@ def operation_row_count(operation):
     return kind.count_rows(operation) if kind.count_rows else None
 
 
+def operation_dependents(operation):
+    """(what, how many) a deletion of ``operation`` removes with it, counted, never listed."""
+    return [("history event(s)", OperationEvent.objects.filter(operation=operation).count()),
+            ("group task(s)", StepMember.objects.filter(operation=operation).count()),
+            ("row(s) of data it stored", operation_row_count(operation) or 0)]
+
+
 def operation_cancel_effect(operation):
     try:
         return get_kind(operation.kind).cancel_effect
@@ -83,8 +91,44 @@ def _kind_or_none(operation):
         return None
 
 
+def heartbeat_age(operation, now=None):
+    """Seconds since the last sign of life of a worker (or of the last dispatch); None if never."""
+    if operation.heartbeat_at is None:
+        return None
+    return max(0.0, ((now or timezone.now()) - operation.heartbeat_at).total_seconds())
+
+
+def silence(operation, now=None):
+    """For an active operation silent longer than two heartbeat intervals: what to tell people
+    (its worker may be gone or stuck). None while it shows signs of life, or is not active."""
+    age = heartbeat_age(operation, now)
+    if operation.status not in ACTIVE or age is None or age <= 2 * heartbeat_interval():
+        return None
+    lease = conf.HEARTBEAT_LEASE
+    then = ("beat calls it interrupted" if age < lease
+            else "beat calls it interrupted at its next round (is beat running?)")
+    return (f"No sign of life from a worker for {human_duration(age)} (a running step reports every "
+            f"{human_duration(heartbeat_interval())}): its worker may be gone or stuck; {then} after "
+            f"{human_duration(lease)} without one.")
+
+
+def human_duration(seconds):
+    """12 s, 3 min 4 s, 2 h 5 min — for ETAs and silences."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 def operation_speed(operation, events):
-    """(units per second over the time it was active, seconds left at that rate) — None when unknown."""
+    """(units per second over the time it was active, seconds left at that rate) — None when unknown,
+    and when the operation is silent: a stalled operation has no rate and no end in sight."""
+    if silence(operation):
+        return None, None
     active, since = 0.0, None
     for event in events:
         if since is not None:
@@ -115,6 +159,8 @@ def operation_page(operation, user):
         "unit": kind.progress_unit if kind else "steps",
         "rate": rate,
         "seconds_left": seconds_left,
+        "heartbeat_age": heartbeat_age(operation),
+        "silence": silence(operation),
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),
         "remaining": remaining_workflow(operation),

@@ -42,6 +42,9 @@ class OperationSerializer(serializers.ModelSerializer):
     updated_at = IsoDateTimeField(read_only=True)
     heartbeat_at = IsoDateTimeField(read_only=True)
     actions = serializers.SerializerMethodField()
+    heartbeat_age = serializers.SerializerMethodField()
+    silence = serializers.SerializerMethodField()
+    resume_at = IsoDateTimeField(read_only=True)
     rows_stored = serializers.SerializerMethodField()
     remaining_workflow = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
@@ -51,7 +54,7 @@ class OperationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "status", "status_label", "owner", "params", "progress", "result", "error",
             "run_token", "created_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
-            "actions", "rows_stored", "remaining_workflow", "events",
+            "heartbeat_age", "silence", "resume_at", "actions", "rows_stored", "remaining_workflow", "events",
         ]
         read_only_fields = fields
 
@@ -60,6 +63,15 @@ class OperationSerializer(serializers.ModelSerializer):
 
     def get_actions(self, operation) -> list[str]:
         return selectors.operation_actions(operation)
+
+    def get_heartbeat_age(self, operation) -> float | None:
+        """Seconds since a worker last showed signs of life for it (or since its last dispatch)."""
+        age = selectors.heartbeat_age(operation)
+        return None if age is None else round(age, 3)
+
+    def get_silence(self, operation) -> str | None:
+        """A warning when an active operation has been silent too long; null otherwise."""
+        return selectors.silence(operation)
 
     def get_rows_stored(self, operation) -> int | None:
         """Data rows the operation has stored right now (csv_import, bulk_insert); null for others."""

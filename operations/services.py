@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import bus, uploads
-from .catalogue import get_kind
+from .catalogue import Recovery, get_kind
 from .conf import conf
 from .exceptions import (  # noqa: F401  (re-exported: callers catch them from here too)
     ConcurrencyLimitReached,
@@ -91,14 +91,11 @@ SYSTEM_ACTORS = {"worker": WORKER, "beat": BEAT, "cli": CLI}
 
 
 def _event(operation_id, actor, from_status, to_status, note=""):
-    OperationEvent.objects.create(
-        operation_id=operation_id, actor=actor.name, actor_user=actor.user, via=actor.via,
-        from_status=from_status or "", to_status=to_status or "", note=note,
-    )
+    _event_row(operation_id, actor, from_status, to_status, note).save()
 
 
 def _transition(operation_id, name, actor, *, token=None, note="", assignments=None,
-                returning=("previous_status",), record_event=True):
+                returning=("previous_status",), record_event=True, conditions=()):
     """Apply transition ``name`` if the row is in one of its source statuses; None if not.
 
     Must run inside a transaction: the UPDATE, the slot release and the event commit together.
@@ -109,8 +106,10 @@ def _transition(operation_id, name, actor, *, token=None, note="", assignments=N
               "updated_at": now}
     if transition.target in {Status.COMPLETED, Status.CANCELLED, Status.FAILED}:
         values["finished_at"] = now
+    if transition.target != Status.INTERRUPTED:
+        values["resume_at"] = None  # an automatic resume is planned only while interrupted
     values.update(assignments or {})
-    conditions = [bus.in_statuses(transition.sources)]
+    conditions = [bus.in_statuses(transition.sources), *conditions]
     if token is not None:
         conditions.append((f"{bus.column('run_token')} = %s", [token]))
     # A status change always commits durably, even inside a worker's relaxed step transaction.
@@ -327,36 +326,41 @@ def _simple(name, note=""):
 
 
 def _redispatch(name):
-    """resume / retry: check the stored plan, take a new run token, dispatch the head step."""
+    """resume / retry by a person: check the stored plan, take a new run token, dispatch the head
+    step. A person's resume also clears the poison and automatic-resume counts."""
 
     def handler(operation_id, actor):
-        verb = TRANSITIONS[name].verb
-        plan, kind_name, owner_id = (Operation.objects.filter(pk=operation_id)
-                                     .values_list("workflow", "kind", "owner_id").get())
-        try:
-            validate_plan(plan)
-            kind = get_kind(kind_name)
-        except (WorkflowError, UnknownKind) as exc:
-            _refuse(operation_id, actor, verb, str(exc), record=True)
-        with transaction.atomic():
-            row = _transition(
-                operation_id, name, actor,
-                assignments={"run_token": bus.Raw(f"{bus.column('run_token')} + 1"),
-                             "heartbeat_at": timezone.now(), "error": "", "finished_at": None},
-                returning=("previous_status", "run_token", "step_index"),
-                record_event=False,
-            )
-            if row is None:
-                return None
-            previous, token, index = row
-            if previous in RELEASES_SLOT:
-                _acquire_slot(operation_id, kind, owner_id)
-            _event(operation_id, actor, previous, Status.RUNNING,
-                   f"run {token} dispatched: {index} of {len(plan['steps'])} step(s) done")
-            dispatch_on_commit(operation_id, token, index, plan["steps"])
-            return row
+        return _dispatch_run(operation_id, name, actor, assignments={"claims": 0, "auto_resumes": 0})
 
     return handler
+
+
+def _dispatch_run(operation_id, name, actor, *, assignments, conditions=(), note=""):
+    verb = TRANSITIONS[name].verb
+    plan, kind_name, owner_id = (Operation.objects.filter(pk=operation_id)
+                                 .values_list("workflow", "kind", "owner_id").get())
+    try:
+        validate_plan(plan)
+        kind = get_kind(kind_name)
+    except (WorkflowError, UnknownKind) as exc:
+        _refuse(operation_id, actor, verb, str(exc), record=True)
+    with transaction.atomic():
+        row = _transition(
+            operation_id, name, actor,
+            assignments={"run_token": bus.Raw(f"{bus.column('run_token')} + 1"),
+                         "heartbeat_at": timezone.now(), "error": "", "finished_at": None, **assignments},
+            returning=("previous_status", "run_token", "step_index"),
+            record_event=False, conditions=conditions,
+        )
+        if row is None:
+            return None
+        previous, token, index = row
+        if previous in RELEASES_SLOT:
+            _acquire_slot(operation_id, kind, owner_id)
+        _event(operation_id, actor, previous, Status.RUNNING,
+               f"{note}run {token} dispatched: {index} of {len(plan['steps'])} step(s) done")
+        dispatch_on_commit(operation_id, token, index, plan["steps"])
+        return row
 
 
 def _withdraw_pause(operation_id, actor):
@@ -398,22 +402,43 @@ class Claim:
     fence: int
     carry: object
     checkpoint: object
+    claims: int = 0
 
 
-def step_claim(operation_id, run_token):
+def step_claim(operation_id, run_token, index=None):
     """Before a step: heartbeat and read status, position and cursor in one round trip.
 
-    None if the message is stale (another run token, or the operation is not active).
+    With ``index`` (a step, not a group member) the same UPDATE counts the start, if the head is
+    that step: ``claims`` is how often it was started since the operation last got further (the
+    fence moved), which the engine holds against the kind's poison limit. None if the message is
+    stale (another run token, or the operation is not active).
     """
+    values = {"heartbeat_at": timezone.now()}
+    if index is not None:
+        head, same_place = f"{bus.column('step_index')} = %s", f"{bus.column('claimed_fence')} = {bus.column('fence')}"
+        values["claims"] = bus.Raw(
+            f"CASE WHEN {head} THEN (CASE WHEN {same_place} THEN {bus.column('claims')} + 1 ELSE 1 END) "
+            f"ELSE {bus.column('claims')} END", [index])
+        values["claimed_fence"] = bus.Raw(
+            f"CASE WHEN {head} THEN {bus.column('fence')} ELSE {bus.column('claimed_fence')} END", [index])
     row = bus.update(
-        operation_id, {"heartbeat_at": timezone.now()},
+        operation_id, values,
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
-        returning=("status", "step_index", "fence", "carry", "checkpoint"), durable=False,
+        returning=("status", "step_index", "fence", "carry", "checkpoint", "claims"), durable=False,
     )
     if row is None:
         return None
-    status, index, fence, carry, checkpoint = row
-    return Claim(status, index, fence, bus.load_json(carry), bus.load_json(checkpoint))
+    status, step_index, fence, carry, checkpoint, claims = row
+    return Claim(status, step_index, fence, bus.load_json(carry), bus.load_json(checkpoint), claims)
+
+
+def step_attempt_ended(operation_id, run_token):
+    """A start of the head step ended by raising (it will be retried): not one that killed its
+    worker, so it does not count towards the poison limit."""
+    claims = bus.column("claims")
+    bus.update(operation_id, {"claims": bus.Raw(f"CASE WHEN {claims} > 0 THEN {claims} - 1 ELSE 0 END")},
+               [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])], returning=("id",),
+               durable=False)
 
 
 def _guarded(run_token, fence):
@@ -518,6 +543,11 @@ def operation_fail(operation_id, run_token, error):
                        assignments={"error": error}) is not None:
             return True
     return _cancel(operation_id, "obey_cancel", WORKER, token=run_token) is not None
+
+
+def operation_poisoned(operation_id, run_token, *, index, claims, limit):
+    """The head step was started more often than the poison limit allows: fail, saying why."""
+    return operation_fail(operation_id, run_token, _poison_error(index, claims, limit))
 
 
 def operation_note(operation_id, note, actor=WORKER):
@@ -657,38 +687,93 @@ def group_results(operation_id, index):
 # --- beat -------------------------------------------------------------------------------------
 
 
-def operations_reconcile(*, lease=None, redispatch=None):
-    """Mark active operations whose heartbeat is older than the lease ``interrupted``.
+def _recovery_of(kind_name):
+    try:
+        return get_kind(kind_name).recovery_policy()
+    except UnknownKind:
+        return Recovery(auto_resume=False).resolved()
 
-    One UPDATE for all of them. With ``redispatch`` (setting TAP_RECONCILE_REDISPATCH) they are
-    resumed at once; otherwise a user resumes them. Returns the ids marked.
+
+def operations_reconcile(*, lease=None):
+    """Mark active operations whose heartbeat is older than the lease ``interrupted``, and plan
+    what comes next by their kind's recovery policy: an automatic resume after a backoff, or — for
+    a step started more often than the poison limit without getting further — ``failed``.
+
+    One UPDATE marks them all. Returns the ids marked.
     """
     lease = conf.HEARTBEAT_LEASE if lease is None else lease
-    redispatch = conf.RECONCILE_REDISPATCH if redispatch is None else redispatch
     now = timezone.now()
     cutoff = now - timedelta(seconds=lease)
     heartbeat = Operation._meta.get_field("heartbeat_at").get_db_prep_save(cutoff, connection=bus.connection)
+    fence, recovered = bus.column("fence"), bus.column("recovered_fence")
     with transaction.atomic():
         rows = bus.update(
             None,
-            {"status": Status.INTERRUPTED, "previous_status": bus.Raw(bus.column("status")), "updated_at": now},
+            {"status": Status.INTERRUPTED, "previous_status": bus.Raw(bus.column("status")), "updated_at": now,
+             # it got further since the last automatic resume: count those afresh
+             "auto_resumes": bus.Raw(f"CASE WHEN {recovered} = {fence} THEN {bus.column('auto_resumes')} ELSE 0 END")},
             [bus.in_statuses(ACTIVE),
              (f"({bus.column('heartbeat_at')} IS NULL OR {bus.column('heartbeat_at')} < %s)", [heartbeat])],
-            returning=("id", "previous_status"), many=True,
+            returning=("id", "previous_status", "kind", "auto_resumes", "claims", "step_index"), many=True,
         )
         ids = [row[0] for row in rows]
         ConcurrencySlot.objects.filter(operation_id__in=ids).delete()
-        OperationEvent.objects.bulk_create([
-            OperationEvent(operation_id=op_id, actor=BEAT.name, via=BEAT.via, from_status=previous,
-                           to_status=Status.INTERRUPTED,
-                           note=f"no heartbeat for {lease}s: the worker is gone or the message was lost")
-            for op_id, previous in rows
-        ])
-    if redispatch:
-        for op_id in ids:
-            try:
-                operation_resume(operation=op_id, actor=BEAT)
-            except OperationError as exc:
-                log.warning("reconciler could not resume operation %s: %s", op_id, exc)
+        events = []
+        for op_id, previous, kind_name, resumes, claims, index in rows:
+            note = f"no heartbeat for {lease}s: the worker is gone or the message was lost"
+            policy = _recovery_of(kind_name)
+            if claims >= policy.poison_limit:  # resuming would only start it once too often
+                _event(op_id, BEAT, previous, Status.INTERRUPTED, note)
+                error = _poison_error(index, claims, policy.poison_limit)
+                _transition(op_id, "poison", BEAT, note=error, assignments={"error": error})
+                continue
+            if policy.auto_resume and resumes < policy.attempts:
+                at = now + timedelta(seconds=policy.delay(resumes + 1))
+                bus.update(op_id, {"resume_at": at}, [bus.in_statuses({Status.INTERRUPTED})])
+                note += f"; beat resumes it at {at:%H:%M:%S} (automatic resume {resumes + 1} of {policy.attempts})"
+            elif policy.auto_resume:
+                note += f"; {resumes} automatic resume(s) in a row did not get it further: resume it by hand"
+            events.append(_event_row(op_id, BEAT, previous, Status.INTERRUPTED, note))
+        OperationEvent.objects.bulk_create(events)
     return ids
+
+
+def _poison_error(index, claims, limit):
+    return (f"step {index + 1} was started {claims} time(s) without getting any further: it kills or stalls its "
+            f"worker (out of memory?), so it is not started again (poison limit {limit}, TAP_POISON_LIMIT)")
+
+
+def _event_row(operation_id, actor, from_status, to_status, note):
+    return OperationEvent(operation_id=operation_id, actor=actor.name, actor_user=actor.user, via=actor.via,
+                          from_status=from_status or "", to_status=to_status or "", note=note)
+
+
+def operations_recover(*, now=None):
+    """Beat: resume the interrupted operations whose automatic resume is due; returns their ids.
+
+    The resume is conditional on ``resume_at`` still being due, so a person's resume or cancel in
+    between wins, and two beats cannot both resume one operation.
+    """
+    now = now or timezone.now()
+    due = bus.column("resume_at")
+    when = Operation._meta.get_field("resume_at").get_db_prep_save(now, connection=bus.connection)
+    resumed = []
+    for op_id, resumes, kind_name in (Operation.objects.filter(status=Status.INTERRUPTED, resume_at__lte=now)
+                                      .values_list("id", "auto_resumes", "kind")):
+        policy = _recovery_of(kind_name)
+        try:
+            row = _dispatch_run(
+                op_id, "resume", BEAT,
+                assignments={"auto_resumes": bus.Raw(f"{bus.column('auto_resumes')} + 1"),
+                             "recovered_fence": bus.Raw(bus.column("fence"))},
+                conditions=[(f"{due} IS NOT NULL AND {due} <= %s", [when])],
+                note=f"automatic resume {resumes + 1} of {policy.attempts}: ",
+            )
+        except OperationError as exc:
+            log.warning("beat could not resume operation %s: %s", op_id, exc)
+            bus.update(op_id, {"resume_at": None}, [bus.in_statuses({Status.INTERRUPTED})])
+            continue
+        if row is not None:
+            resumed.append(op_id)
+    return resumed
 

@@ -7,7 +7,7 @@ from celery import shared_task
 from celery.signals import task_prerun
 from django.db import close_old_connections
 
-from . import engine, services
+from . import engine
 
 
 @task_prerun.connect
@@ -36,8 +36,10 @@ def run_member(self, operation_id, run_token, index, member_index):
 
 @shared_task(name="operations.reconcile", ignore_result=True)
 def reconcile():
-    """Beat: operations whose worker went silent for longer than the lease become interrupted."""
-    return services.operations_reconcile()
+    """One round of the reconciler, on a worker (beat runs it in its own process by itself)."""
+    from .reconciler import reconcile_once
+
+    return reconcile_once()
 
 
 @shared_task(name="operations.ping")

@@ -173,3 +173,16 @@ def worker(session_worker, transactional_db):
         session_worker.start()
         session_worker.wait_ready()
     return session_worker
+
+
+@pytest.fixture
+def beat(worker, subprocess_env, worker_log_dir):
+    """A real beat next to the worker, for the test only: its reconciler thread runs every second
+    (TAP_RECONCILE_INTERVAL in settings.test) and resumes what the kinds' recovery policy says."""
+    from tests.support.worker import BeatProcess
+
+    process = BeatProcess(subprocess_env, worker_log_dir / "beat.log", worker_log_dir / "beat-schedule").start()
+    try:
+        yield process.wait_reconciling()
+    finally:
+        process.stop()

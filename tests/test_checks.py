@@ -32,7 +32,7 @@ def celery_app(**config):
     """A Celery app configured like a host's, with the JSON-only defaults and the docs' settings."""
     app = Celery("host", set_as_current=False)
     app.conf.update({"broker_url": "redis://127.0.0.1:6379/0", "worker_prefetch_multiplier": 1,
-                     "db_reuse_max": 1000, **config})
+                     "db_reuse_max": 1000, "worker_pool": "operations.pool:TaskPool", **config})
     return app
 
 
@@ -45,7 +45,7 @@ def test_the_configuration_of_the_docs_passes_every_celery_check():
 
 @pytest.mark.parametrize("setting, value, expected", [
     ("TAP_HEARTBEAT_LEASE", "120", "TAP_HEARTBEAT_LEASE must be a positive number of seconds, not '120'"),
-    ("TAP_RECONCILE_REDISPATCH", "yes", "TAP_RECONCILE_REDISPATCH must be True or False, not 'yes'"),
+    ("TAP_AUTO_RESUME", "yes", "TAP_AUTO_RESUME must be True or False, not 'yes'"),
     ("TAP_KIND_MODULES", "myapp.kinds", "TAP_KIND_MODULES must be a list of dotted module paths"),
     ("TAP_CONTROL_THROTTLE", "lots", 'TAP_CONTROL_THROTTLE must be a rate such as "120/min"'),
     ("TAP_CSV_CHUNK_ROWS", 0, "TAP_CSV_CHUNK_ROWS must be a positive integer, not 0"),  # the demo's
@@ -141,9 +141,17 @@ def test_w011_prefetch_should_be_one():
 
 def test_w012_connections_should_outlive_a_task():
     app = Celery("host", set_as_current=False)
-    app.conf.update(broker_url="redis://127.0.0.1:6379/0", worker_prefetch_multiplier=1)
+    app.conf.update(broker_url="redis://127.0.0.1:6379/0", worker_prefetch_multiplier=1,
+                    worker_pool="operations.pool:TaskPool")
     (message,) = checks.celery_problems(app)
     assert message.id == "operations.W012" and "CELERY_DB_REUSE_MAX" in message.msg
+
+
+@pytest.mark.parametrize("pool", ["prefork", None])
+def test_w016_the_prefork_pool_should_be_the_apps(pool):
+    (message,) = checks.celery_problems(celery_app(worker_pool=pool))
+    assert message.id == "operations.W016" and "operations.pool:TaskPool" in message.hint
+    assert checks.celery_problems(celery_app(worker_pool="threads")) == []  # not prefork: nothing to fix
 
 
 def test_e013_the_filesystem_broker_needs_one_shared_folder(tmp_path):

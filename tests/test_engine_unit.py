@@ -196,7 +196,7 @@ def test_reconcile_interrupts_only_silent_operations():
     Operation.objects.filter(pk__in=[silent.pk, paused.pk]).update(
         heartbeat_at=timezone.now() - datetime.timedelta(seconds=3600))
     Operation.objects.filter(pk=paused.pk).update(status=Status.PAUSED)
-    assert services.operations_reconcile(lease=60, redispatch=False) == [silent.pk]
+    assert services.operations_reconcile(lease=60) == [silent.pk]
     assert Operation.objects.get(pk=silent.pk).status == Status.INTERRUPTED
     assert Operation.objects.get(pk=alive.pk).status == Status.RUNNING
     assert Operation.objects.get(pk=paused.pk).status == Status.PAUSED

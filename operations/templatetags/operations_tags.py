@@ -4,6 +4,7 @@ import json
 
 from django import template
 
+from ..selectors import human_duration
 from ..states import label
 
 register = template.Library()
@@ -17,14 +18,7 @@ def status_label(status):
 @register.filter
 def duration(seconds):
     """12 s, 3 min 4 s, 2 h 5 min — for ETAs."""
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return human_duration(seconds)
 
 
 @register.filter

@@ -194,6 +194,9 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's prefork pool, whose children can all be killed at once (the OOM killer) without
+# wedging the worker (operations/pool.py).
+CELERY_WORKER_POOL = "operations.pool:TaskPool"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TIMEZONE = TIME_ZONE
@@ -227,9 +230,10 @@ REST_FRAMEWORK = {
 # Every one is optional; tapproject reads them from the environment.
 # How long a running operation may go without a heartbeat before beat calls it interrupted.
 TAP_HEARTBEAT_LEASE = env_int("TAP_HEARTBEAT_LEASE", 120)
-# Whether the reconciler re-dispatches interrupted operations by itself (else a user resumes).
-TAP_RECONCILE_REDISPATCH = env_bool("TAP_RECONCILE_REDISPATCH", False)
 TAP_RECONCILE_INTERVAL = env_int("TAP_RECONCILE_INTERVAL", 30)
+# Whether beat resumes interrupted operations of kinds that do not say (the demo kinds do).
+TAP_AUTO_RESUME = env_bool("TAP_AUTO_RESUME", False)
+TAP_POISON_LIMIT = env_int("TAP_POISON_LIMIT", 3)
 # PostgreSQL: whether a step's advance waits for the WAL flush. Off (the default), a database
 # crash can undo the last fraction of a second of advances — each together with its step's own
 # writes, so those steps run again; nothing is lost or doubled. Status changes and in-step

@@ -57,6 +57,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Kinds only the tests use (flaky steps, row-writing steps), and the docs/extending.md example.
 TAP_KIND_MODULES = ["tests.support.kinds", "docs.examples.publish"]
 TAP_RECONCILE_INTERVAL = 1
+# A wedged worker (every pool process killed at once) exits after this long, for its supervisor.
+TAP_WATCHDOG_TIMEOUT = 8
 # Fault injection (tests/faults): a worker started with TAP_FAULTS loads the injector, and
 # TAP_FAULT_VISIBILITY makes Redis redeliver unacknowledged messages after that many seconds.
 if os.environ.get("TAP_FAULTS"):

@@ -137,10 +137,11 @@ def turned_away(log, operation_id):
 
 
 @contextmanager
-def replaced_worker(session_worker, name, **extra_env):
+def replaced_worker(session_worker, name, *, supervised=False, **extra_env):
     """Run with a worker started with ``extra_env`` in place of the session's worker."""
     session_worker.stop()
-    special = WorkerProcess({**session_worker.env, **extra_env}, session_worker.log_path.parent / f"{name}.log")
+    special = WorkerProcess({**session_worker.env, **extra_env}, session_worker.log_path.parent / f"{name}.log",
+                            supervised=supervised)
     special.start()
     special.wait_ready()
     try:
@@ -336,3 +337,37 @@ def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, workload_name,
     # Frozen inside a step, the woken worker's own writes are refused; frozen in the instant after
     # its advance committed, the next step it then sends is turned away by whichever worker takes it.
     assert turned_away(worker.log_text() + rescuer.log_text(), operation_id), worker.log_tail()
+
+
+@pytest.mark.backends("sqlite-fs", "pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_pool_child_killed_at_once_mid_import(worker, beat, seed):
+    """What the OOM killer does to a big step: all of a worker's pool processes die at once.
+
+    The worker runs under ``operations.supervise``, beat's reconciler recovers by the kind's
+    policy, and nothing here acts for a person: within lease + reconcile interval + 30 s the
+    import is moving again, and it ends with exactly its rows. On Redis the pool replaces its dead
+    children (operations.pool) and the message comes back; the filesystem broker's blocking pool
+    wedges, its watchdog ends the worker, the supervisor starts a new one, and beat resumes."""
+    rng, started = random.Random(f"kill-pool-{seed}"), time.monotonic()
+    workload = workloads()["import"]
+    with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
+        operation_id = start_and_reach(workload, rng)
+        done_before = Operation.objects.get(pk=operation_id).progress_done
+        children = supervised.pool_children()
+        assert len(children) == 2, children
+        killed_at = time.monotonic()
+        for child in children:
+            child.send_signal(signal.SIGKILL)
+        budget = settings.TAP_HEARTBEAT_LEASE + settings.TAP_RECONCILE_INTERVAL + 30
+        moving = wait_for(operation_id, lambda op: op.progress_done > done_before or op.status == Status.COMPLETED,
+                          timeout=budget, what="moving again")
+        recovered_in = time.monotonic() - killed_at
+        final = wait_for(operation_id, lambda op: op.status == Status.COMPLETED, timeout=120, what="completed")
+    assert moving and final.status == Status.COMPLETED
+    people = [f"{actor}: {a} → {b}" for a, b, actor in
+              Operation.objects.get(pk=operation_id).events.values_list("from_status", "to_status", "actor")
+              if actor not in ("worker", "beat", "cli") or (actor == "cli" and a)]
+    verdict("sigkill-every-pool-child", workload, seed, operation_id, people, started)
+    assert people == [], people
+    assert recovered_in < budget

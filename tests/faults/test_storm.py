@@ -187,8 +187,8 @@ def user_after_claim(verb):
     """The user's ``verb`` lands right after a worker's claim read the status."""
     claim = services.step_claim
 
-    def claim_then_act(operation_id, run_token):
-        found = claim(operation_id, run_token)
+    def claim_then_act(operation_id, run_token, index=None):
+        found = claim(operation_id, run_token, index)
         try:
             getattr(services, f"operation_{verb}")(operation=operation_id, actor="cli")
         except services.TransitionRefused:

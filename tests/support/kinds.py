@@ -11,7 +11,7 @@ from pathlib import Path
 from celery import chain
 from django import forms
 
-from operations.catalogue import Kind, KindForm, register_kind
+from operations.catalogue import Kind, KindForm, Recovery, register_kind
 from operations.contrib.demo.kinds.arithmetic import add
 from operations.contrib.demo.models import Record
 from operations.workflow import step
@@ -138,4 +138,27 @@ class SessionForm(KindForm):
 register_kind(Kind(
     name="session", label="Session setting (tests)", form=SessionForm,
     build=lambda p: chain(session_setting.si(p["name"])),
+))
+
+
+# --- killer: a step that kills the pool process running it (an OOM kill, every time) -------------
+
+
+@step(name="tests.kill_my_process", atomic=False)
+def kill_my_process(x):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+class KillerForm(KindForm):
+    pass
+
+
+register_kind(Kind(
+    name="killer", label="Killer (tests)", form=KillerForm,
+    build=lambda p: chain(add.s(1, 1), kill_my_process.s(), add.s(1)),
+    recovery=Recovery(auto_resume=True, backoff=0.2, poison_limit=3),
 ))

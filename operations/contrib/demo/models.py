@@ -1,6 +1,6 @@
 """The demo's data rows: what csv_import and bulk_insert store, and bulk_insert's staging area."""
 
-from django.db import models
+from django.db import connections, models
 
 from operations.models import Operation
 
@@ -10,8 +10,10 @@ class RecordFields(models.Model):
 
     # No database constraint: PostgreSQL would check it row by row at every chunk's commit (60 % of
     # a 1M-row import's time). A chunk commits with its operation's fenced checkpoint UPDATE, so
-    # the operation exists; deleting an operation through Django still deletes its rows.
-    operation = models.ForeignKey(Operation, on_delete=models.CASCADE, related_name="+", db_index=False,
+    # the operation exists. Deleting an operation deletes its rows with one DELETE per table
+    # (``delete_rows_of``, on pre_delete), not row by row through Django's collector, which would
+    # load a million rows to list them on the admin's confirmation page.
+    operation = models.ForeignKey(Operation, on_delete=models.DO_NOTHING, related_name="+", db_index=False,
                                   db_constraint=False)
     external_id = models.BigIntegerField(help_text="The row's id in its source (CSV column id).")
     name = models.CharField(max_length=200)
@@ -41,3 +43,12 @@ class StagedRecord(RecordFields):
     pk = models.CompositePrimaryKey("operation", "external_id")
 
 
+
+
+def delete_rows_of(sender, instance, using, **kwargs):
+    """pre_delete of an Operation: its records and staged records go with it, one DELETE each."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        for model in (Record, StagedRecord):
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(model._meta.db_table)} "
+                           f"WHERE {connection.ops.quote_name('operation_id')} = %s", [instance.pk])

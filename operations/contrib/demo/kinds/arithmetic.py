@@ -5,7 +5,7 @@ import time
 from celery import chain
 from django import forms
 
-from operations.catalogue import Kind, KindForm, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, register_kind
 from operations.workflow import step
 
 ADDEND = 6
@@ -58,4 +58,5 @@ register_kind(Kind(
     description="A chain of add / mult steps, each with an optional delay.",
     form=ArithmeticForm,
     build=build,
+    recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))

@@ -12,7 +12,7 @@ import time
 from celery import group
 from django import forms
 
-from operations.catalogue import Kind, KindForm, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, register_kind
 from operations.workflow import step
 
 from ..conf import conf
@@ -75,4 +75,5 @@ register_kind(Kind(
                           for t in p["tasks"]),
     progress="custom",
     progress_unit="tasks",
+    recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))

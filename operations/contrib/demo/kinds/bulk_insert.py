@@ -12,7 +12,7 @@ from celery import chain
 from django import forms
 from django.db import connection
 
-from operations.catalogue import Kind, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, register_kind
 from operations.workflow import step
 
 from ..conf import conf
@@ -86,4 +86,5 @@ register_kind(Kind(
     count_rows=lambda operation: Record.objects.filter(operation_id=operation.pk).count(),
     progress="custom",
     progress_unit="rows",
+    recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))

@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from celery import chain
 from django.db import DatabaseError, IntegrityError, transaction
 
-from operations.catalogue import Kind, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, register_kind
 from operations.workflow import step
 
 from ..conf import conf
@@ -142,5 +142,6 @@ register_kind(Kind(
     concurrency_scope="user",
     progress="custom",
     progress_unit="rows",
+    recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))
 

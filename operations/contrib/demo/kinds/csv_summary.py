@@ -7,7 +7,7 @@ other than the usual ones is counted under its own name.
 
 from celery import chain
 
-from operations.catalogue import Kind, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, register_kind
 from operations.workflow import step
 
 from ..csvio import chunks, parse
@@ -37,4 +37,5 @@ register_kind(Kind(
     prepare=prepare_source(PEOPLE_HEADER),
     progress="custom",
     progress_unit="rows",
+    recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))
