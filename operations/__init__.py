@@ -24,6 +24,8 @@ _EXPORTS = {
     "Kind": "operations.catalogue",
     "KindForm": "operations.catalogue",
     "register_kind": "operations.catalogue",
+    "Recovery": "operations.catalogue",
+    "AUTO_RECOVERY": "operations.catalogue",
     "get_kind": "operations.catalogue",
     # the user verbs (every face calls these)
     "operation_start": "operations.services",
@@ -65,15 +67,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-export)
     from .catalogue import (
+        AUTO_RECOVERY as AUTO_RECOVERY,
         Kind as Kind,
-    )
-    from .catalogue import (
         KindForm as KindForm,
-    )
-    from .catalogue import (
+        Recovery as Recovery,
         get_kind as get_kind,
-    )
-    from .catalogue import (
         register_kind as register_kind,
     )
     from .engine import (
@@ -81,47 +79,23 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
     )
     from .exceptions import (
         ConcurrencyLimitReached as ConcurrencyLimitReached,
-    )
-    from .exceptions import (
         InvalidParams as InvalidParams,
-    )
-    from .exceptions import (
         OperationError as OperationError,
-    )
-    from .exceptions import (
         OperationNotFound as OperationNotFound,
-    )
-    from .exceptions import (
         TransitionRefused as TransitionRefused,
-    )
-    from .exceptions import (
         UnknownKind as UnknownKind,
-    )
-    from .exceptions import (
         WorkflowError as WorkflowError,
     )
     from .models import (
         Operation as Operation,
-    )
-    from .models import (
         OperationEvent as OperationEvent,
     )
     from .services import (
         Actor as Actor,
-    )
-    from .services import (
         operation_cancel as operation_cancel,
-    )
-    from .services import (
         operation_pause as operation_pause,
-    )
-    from .services import (
         operation_resume as operation_resume,
-    )
-    from .services import (
         operation_retry as operation_retry,
-    )
-    from .services import (
         operation_start as operation_start,
     )
     from .states import (

@@ -44,7 +44,7 @@ class OperationAdmin(admin.ModelAdmin):
     actions = ["pause", "resume", "cancel", "retry"]
     inlines = [OperationEventInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "params", "result", "error", "run_token",
-              "remaining_workflow", "heartbeat_at", "sign_of_life", "resume_at", "claims", "auto_resumes",
+              "remaining_workflow", "heartbeat_at", "sign_of_life", "resume_at", "deaths", "auto_resumes",
               "created_at", "started_at", "finished_at", "updated_at")
     readonly_fields = fields
 

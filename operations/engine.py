@@ -186,14 +186,14 @@ class Run:
 
 def run_step(task, operation_id, run_token, index):
     """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale."""
-    claim = services.step_claim(operation_id, run_token, index)
+    claim = services.step_claim(operation_id, run_token)
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return
     run = Run(operation_id, run_token)
-    if claim.claims > run.poison_limit and claim.status == Status.RUNNING:
-        # Started that often without getting further: it kills or stalls whatever runs it.
-        services.operation_poisoned(operation_id, run_token, index=index, claims=claim.claims - 1,
+    if claim.deaths >= run.poison_limit and claim.status == Status.RUNNING:
+        # It lost that many workers without getting further: it would only kill one more.
+        services.operation_poisoned(operation_id, run_token, index=index, deaths=claim.deaths,
                                     limit=run.poison_limit)
         return
     if (claim.status != Status.RUNNING and is_pause_point(index, run.pause_every, run.length)) \
@@ -259,7 +259,6 @@ def _retry_or_fail(task, run, index, entry, spec, attempt, exc, where, before_re
     if attempt < max_retries:
         services.operation_note(run.operation_id, f"{where} attempt {attempt + 1} of {max_retries + 1} "
                                                   f"failed: {what}; retrying in {delay}s")
-        services.step_attempt_ended(run.operation_id, run.run_token)  # it raised: no poison
         if before_retry:
             before_retry()
         raise task.retry(countdown=delay, max_retries=max_retries, exc=exc)

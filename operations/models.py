@@ -47,11 +47,12 @@ class Operation(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sign of life from a worker (or of the last dispatch).",
     )
-    claims = models.PositiveIntegerField(
-        default=0, help_text="Starts of the step at the head since the operation last got further (the poison count).",
+    deaths = models.PositiveIntegerField(
+        default=0, help_text="Workers lost while running the head step, since the operation last got further "
+                             "(the poison count).",
     )
-    claimed_fence = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="The write sequence at the last start of the head step.",
+    death_fence = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The write sequence when the last worker running it was lost.",
     )
     auto_resumes = models.PositiveIntegerField(
         default=0, help_text="Automatic resumes by beat since the operation last got further.",

@@ -330,7 +330,7 @@ def _redispatch(name):
     step. A person's resume also clears the poison and automatic-resume counts."""
 
     def handler(operation_id, actor):
-        return _dispatch_run(operation_id, name, actor, assignments={"claims": 0, "auto_resumes": 0})
+        return _dispatch_run(operation_id, name, actor, assignments={"deaths": 0, "auto_resumes": 0})
 
     return handler
 
@@ -402,43 +402,41 @@ class Claim:
     fence: int
     carry: object
     checkpoint: object
-    claims: int = 0
+    #: Workers lost while running the head step at this fence (the poison count).
+    deaths: int = 0
 
 
-def step_claim(operation_id, run_token, index=None):
-    """Before a step: heartbeat and read status, position and cursor in one round trip.
+def step_claim(operation_id, run_token):
+    """Before a step: heartbeat and read status, position, cursor and poison count in one round trip.
 
-    With ``index`` (a step, not a group member) the same UPDATE counts the start, if the head is
-    that step: ``claims`` is how often it was started since the operation last got further (the
-    fence moved), which the engine holds against the kind's poison limit. None if the message is
-    stale (another run token, or the operation is not active).
+    None if the message is stale (another run token, or the operation is not active).
     """
-    values = {"heartbeat_at": timezone.now()}
-    if index is not None:
-        head, same_place = f"{bus.column('step_index')} = %s", f"{bus.column('claimed_fence')} = {bus.column('fence')}"
-        values["claims"] = bus.Raw(
-            f"CASE WHEN {head} THEN (CASE WHEN {same_place} THEN {bus.column('claims')} + 1 ELSE 1 END) "
-            f"ELSE {bus.column('claims')} END", [index])
-        values["claimed_fence"] = bus.Raw(
-            f"CASE WHEN {head} THEN {bus.column('fence')} ELSE {bus.column('claimed_fence')} END", [index])
     row = bus.update(
-        operation_id, values,
+        operation_id, {"heartbeat_at": timezone.now()},
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
-        returning=("status", "step_index", "fence", "carry", "checkpoint", "claims"), durable=False,
+        returning=("status", "step_index", "fence", "carry", "checkpoint", "deaths", "death_fence"), durable=False,
     )
     if row is None:
         return None
-    status, step_index, fence, carry, checkpoint, claims = row
-    return Claim(status, step_index, fence, bus.load_json(carry), bus.load_json(checkpoint), claims)
+    status, index, fence, carry, checkpoint, deaths, death_fence = row
+    # Workers lost at this very fence: at another one, the operation got further since.
+    deaths_here = deaths if death_fence == fence else 0
+    return Claim(status, index, fence, bus.load_json(carry), bus.load_json(checkpoint), deaths_here)
 
 
-def step_attempt_ended(operation_id, run_token):
-    """A start of the head step ended by raising (it will be retried): not one that killed its
-    worker, so it does not count towards the poison limit."""
-    claims = bus.column("claims")
-    bus.update(operation_id, {"claims": bus.Raw(f"CASE WHEN {claims} > 0 THEN {claims} - 1 ELSE 0 END")},
-               [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])], returning=("id",),
-               durable=False)
+def _death_counted():
+    """SET clauses that count one more worker lost at the current fence (1 if it got further)."""
+    fence, death_fence = bus.column("fence"), bus.column("death_fence")
+    return {"deaths": bus.Raw(f"CASE WHEN {death_fence} = {fence} THEN {bus.column('deaths')} + 1 ELSE 1 END"),
+            "death_fence": bus.Raw(fence)}
+
+
+def step_worker_lost(operation_id, run_token, index):
+    """A worker's main process saw the pool process running step ``index`` die (killed, out of
+    memory): one more death towards the poison limit; the broker gives the message back."""
+    return bus.update(operation_id, _death_counted(),
+                      [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token]),
+                       (f"{bus.column('step_index')} = %s", [index])], returning=("deaths",)) is not None
 
 
 def _guarded(run_token, fence):
@@ -545,9 +543,9 @@ def operation_fail(operation_id, run_token, error):
     return _cancel(operation_id, "obey_cancel", WORKER, token=run_token) is not None
 
 
-def operation_poisoned(operation_id, run_token, *, index, claims, limit):
-    """The head step was started more often than the poison limit allows: fail, saying why."""
-    return operation_fail(operation_id, run_token, _poison_error(index, claims, limit))
+def operation_poisoned(operation_id, run_token, *, index, deaths, limit):
+    """The head step lost as many workers as the poison limit allows: fail, saying why."""
+    return operation_fail(operation_id, run_token, _poison_error(index, deaths, limit))
 
 
 def operation_note(operation_id, note, actor=WORKER):
@@ -711,20 +709,22 @@ def operations_reconcile(*, lease=None):
             None,
             {"status": Status.INTERRUPTED, "previous_status": bus.Raw(bus.column("status")), "updated_at": now,
              # it got further since the last automatic resume: count those afresh
-             "auto_resumes": bus.Raw(f"CASE WHEN {recovered} = {fence} THEN {bus.column('auto_resumes')} ELSE 0 END")},
+             "auto_resumes": bus.Raw(f"CASE WHEN {recovered} = {fence} THEN {bus.column('auto_resumes')} ELSE 0 END"),
+             # a worker gone silent mid-step is a worker lost there
+             **_death_counted()},
             [bus.in_statuses(ACTIVE),
              (f"({bus.column('heartbeat_at')} IS NULL OR {bus.column('heartbeat_at')} < %s)", [heartbeat])],
-            returning=("id", "previous_status", "kind", "auto_resumes", "claims", "step_index"), many=True,
+            returning=("id", "previous_status", "kind", "auto_resumes", "deaths", "step_index"), many=True,
         )
         ids = [row[0] for row in rows]
         ConcurrencySlot.objects.filter(operation_id__in=ids).delete()
         events = []
-        for op_id, previous, kind_name, resumes, claims, index in rows:
+        for op_id, previous, kind_name, resumes, deaths, index in rows:
             note = f"no heartbeat for {lease}s: the worker is gone or the message was lost"
             policy = _recovery_of(kind_name)
-            if claims >= policy.poison_limit:  # resuming would only start it once too often
+            if deaths >= policy.poison_limit:  # resuming would only lose one more worker
                 _event(op_id, BEAT, previous, Status.INTERRUPTED, note)
-                error = _poison_error(index, claims, policy.poison_limit)
+                error = _poison_error(index, deaths, policy.poison_limit)
                 _transition(op_id, "poison", BEAT, note=error, assignments={"error": error})
                 continue
             if policy.auto_resume and resumes < policy.attempts:
@@ -738,9 +738,9 @@ def operations_reconcile(*, lease=None):
     return ids
 
 
-def _poison_error(index, claims, limit):
-    return (f"step {index + 1} was started {claims} time(s) without getting any further: it kills or stalls its "
-            f"worker (out of memory?), so it is not started again (poison limit {limit}, TAP_POISON_LIMIT)")
+def _poison_error(index, deaths, limit):
+    return (f"step {index + 1} lost its worker {deaths} time(s) without getting any further (killed, out of "
+            f"memory?): it is not started again (poison limit {limit}, TAP_POISON_LIMIT)")
 
 
 def _event_row(operation_id, actor, from_status, to_status, note):

@@ -1,13 +1,34 @@
 """Celery tasks of the operations app: thin wrappers that take ids and call the engine or services."""
 
+import logging
 import os
 import socket
 
+from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.signals import task_prerun
+from celery.worker.request import Request
 from django.db import close_old_connections
 
-from . import engine
+from . import engine, services
+
+log = logging.getLogger("operations.engine")
+
+
+class StepRequest(Request):
+    """A step message, seen from the worker's main process: when the pool process running it
+    dies (killed, out of memory), the operation's row counts the death towards the poison limit
+    before Celery gives the message back to the broker."""
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # billiard wraps it
+        if isinstance(exc, WorkerLostError) and len(self.args) == 3:
+            try:
+                close_old_connections()
+                services.step_worker_lost(*self.args)
+            except Exception:  # the database is away: the reconciler counts it when it interrupts
+                log.exception("could not count the lost worker of step message %s", self.args)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
 @task_prerun.connect
@@ -19,7 +40,8 @@ def _drop_stale_connections(**kwargs):
 # acks_late + reject_on_worker_lost, whatever the host's defaults: a step's message is acknowledged
 # only after the step ran, and given back if its pool process dies meanwhile (manage.py check
 # E007 / E008 report a host setting that turns either off).
-STEP_OPTIONS = {"bind": True, "ignore_result": True, "acks_late": True, "reject_on_worker_lost": True}
+STEP_OPTIONS = {"bind": True, "ignore_result": True, "acks_late": True, "reject_on_worker_lost": True,
+                "Request": StepRequest}
 
 
 @shared_task(name="operations.run_step", **STEP_OPTIONS)

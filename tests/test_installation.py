@@ -8,13 +8,13 @@ server run it on PostgreSQL + Redis: pause, resume, cancel and retry through the
 
 import json
 import os
-import socket
 import time
 
 import pytest
 import requests
 
 from tests.support.host import Host, build_wheel, make_venv, run, stop, wheel_files
+from tests.support.web import free_port, wait_until_answers
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,6 @@ def test_pip_install_dot_in_a_fresh_venv_installs_that_wheel(tmp_path, wheel):
 
 
 # --- a host of its own ---------------------------------------------------------------------------
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +152,7 @@ def test_a_bare_host_runs_a_kind_of_its_own_with_a_real_worker_and_beat(tmp_path
         "print(Operation.objects.create(kind='restock', status='running', "
         "heartbeat_at=timezone.now() - timedelta(hours=1)).pk)")).stdout.split()[-1])
 
-    port = _free_port()
+    port = free_port()
     worker = beat = web = None
     try:
         worker = host.popen(["-m", "celery", "-A", "hostsite", "worker", "--loglevel", "INFO", "--concurrency",
@@ -169,15 +163,7 @@ def test_a_bare_host_runs_a_kind_of_its_own_with_a_real_worker_and_beat(tmp_path
         base = f"http://127.0.0.1:{port}"
         api = requests.Session()
         api.auth = ("boss", "a-long-passphrase-42")  # DRF's default basic auth: the host set nothing
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if api.get(f"{base}/api/operations/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, host.log("web.log")
-            time.sleep(0.2)
+        wait_until_answers(f"{base}/api/operations/", session=api, proc=web, log=lambda: host.log("web.log"))
 
         def cli(*args):
             return host.manage("operations", *args).stdout

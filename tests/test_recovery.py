@@ -96,33 +96,35 @@ def test_automatic_resumes_stop_after_the_attempts_without_progress_and_start_ag
 
 
 @pytest.mark.django_db
-def test_reconcile_fails_an_operation_whose_step_was_started_as_often_as_the_poison_limit():
-    operation_id = _silent(claims=3)  # demo kinds: poison limit 3 (TAP_POISON_LIMIT)
-    services.operations_reconcile(lease=60)
+def test_reconcile_fails_an_operation_whose_step_lost_as_many_workers_as_the_poison_limit():
+    operation_id = _silent(deaths=2, death_fence=0)  # demo kinds: poison limit 3 (TAP_POISON_LIMIT)
+    services.operations_reconcile(lease=60)  # a third worker gone silent at the same place
     row = _row(operation_id)
     assert row.status == Status.FAILED and row.resume_at is None
-    assert "step 1 was started 3 time(s) without getting any further" in row.error
+    assert "step 1 lost its worker 3 time(s) without getting any further" in row.error
     assert status_changes(operation_id)[-2:] == [("running", "interrupted", "beat"),
                                                  ("interrupted", "failed", "beat")]
     # A person who retries it starts the count afresh.
     services.operation_retry(operation=operation_id, actor="cli")
-    assert _row(operation_id).claims == 0
+    assert _row(operation_id).deaths == 0
 
 
-# --- the count of starts --------------------------------------------------------------------------
+# --- the count of deaths --------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_claims_count_starts_of_the_head_step_until_it_gets_further():
+def test_deaths_count_workers_lost_at_the_same_place_and_start_over_when_it_gets_further():
     operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
-    claim = lambda index: services.step_claim(operation.pk, 1, index).claims  # noqa: E731
-    assert [claim(0), claim(0), claim(0)] == [1, 2, 3]  # three deliveries of step 0, no advance
-    assert claim(1) == 3  # a stale message for another step does not count
-    services.step_attempt_ended(operation.pk, 1)  # an attempt that raised, to be retried
-    assert _row(operation.pk).claims == 2
-    services.step_advance(operation.pk, 1, _row(operation.pk).fence, 0, 10, count_step=True)
-    assert claim(1) == 1  # the next step, counted afresh
-    assert services.step_claim(operation.pk, 1).claims == 1  # a group member's claim counts nothing
+    claim = lambda: services.step_claim(operation.pk, 1)  # noqa: E731
+    assert claim().deaths == 0
+    assert services.step_worker_lost(operation.pk, 1, 0) and services.step_worker_lost(operation.pk, 1, 0)
+    assert claim().deaths == 2  # two pool processes died running step 0
+    assert not services.step_worker_lost(operation.pk, 1, 1)  # not the head step: a stale report
+    assert not services.step_worker_lost(operation.pk, 2, 0)  # another run's: stale too
+    services.step_advance(operation.pk, 1, claim().fence, 0, 10, count_step=True)
+    assert claim().deaths == 0  # it got further: those deaths were at another place
+    services.step_worker_lost(operation.pk, 1, 1)
+    assert claim().deaths == 1  # counted afresh
 
 
 # --- end to end -----------------------------------------------------------------------------------
@@ -131,13 +133,13 @@ def test_claims_count_starts_of_the_head_step_until_it_gets_further():
 @pytest.mark.integration
 @pytest.mark.backends("sqlite-fs", "pg-redis")
 def test_a_step_that_kills_its_worker_every_time_ends_failed_after_the_poison_limit(worker, beat):
-    """Redis gives the message back each time (reject_on_worker_lost); the filesystem broker
-    loses it, and beat interrupts and resumes. Either way the fourth start is not made."""
+    """Each time the worker's main process counts the lost pool process and the broker gives the
+    message back (reject_on_worker_lost); after the third death the step is not started again."""
     operation = services.operation_start(kind="killer", params={}, actor="cli")
     failed = wait_for(operation.pk, lambda op: op.status == Status.FAILED, timeout=120, what="failed by the poison limit")
-    assert "step 2 was started 3 time(s) without getting any further" in failed.error
+    assert "step 2 lost its worker 3 time(s) without getting any further" in failed.error
     assert "poison limit 3" in failed.error
-    assert failed.step_index == 1 and failed.claims >= 3
+    assert failed.step_index == 1 and failed.deaths == 3
     people = [actor for _, _, actor in status_changes(operation.pk) if actor not in ("worker", "beat", "cli")]
     assert people == []
 

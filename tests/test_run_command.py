@@ -2,41 +2,20 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 import requests
 
+from tests.support.web import free_port, wait_until_answers
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends("sqlite-fs")]
 
 SCRUBBED = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "TAP_TEST_BACKEND",
             "TAP_VAR_DIR", "TAP_HEARTBEAT_LEASE", "PORT")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url, timeout, proc, log_path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            response = requests.get(url, timeout=10)
-            if response.status_code == 200:
-                return response
-        except requests.RequestException:  # not listening yet, or still booting
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {timeout}s:\n{log_path.read_text()}")
 
 
 def test_make_run_serves_the_login_page_and_a_worker_answers(tmp_path):
@@ -51,7 +30,7 @@ def test_make_run_serves_the_login_page_and_a_worker_answers(tmp_path):
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        page = wait_for(f"{base}/accounts/login/", 180, proc, log_path)
+        page = wait_until_answers(f"{base}/accounts/login/", timeout=180, proc=proc, log=log_path.read_text)
         assert "Log in" in page.text
         text = log_path.read_text()
         assert "Username: demo" in text and "Password: demo" in text and base in text

@@ -24,13 +24,13 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name='operation',
-            name='claimed_fence',
-            field=models.PositiveBigIntegerField(blank=True, help_text='The write sequence at the last start of the head step.', null=True),
+            name='death_fence',
+            field=models.PositiveBigIntegerField(blank=True, help_text='The write sequence when the last worker running it was lost.', null=True),
         ),
         migrations.AddField(
             model_name='operation',
-            name='claims',
-            field=models.PositiveIntegerField(default=0, help_text='Starts of the step at the head since the operation last got further (the poison count).'),
+            name='deaths',
+            field=models.PositiveIntegerField(default=0, help_text='Workers lost while running the head step, since the operation last got further (the poison count).'),
         ),
         migrations.AddField(
             model_name='operation',

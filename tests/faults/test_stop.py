@@ -16,8 +16,8 @@ import time
 
 import psutil
 import pytest
-import requests
 
+from tests.support.web import free_port, wait_until_answers
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.backends("sqlite-fs")]
@@ -25,14 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.backends("sqlite-fs")]
 ROUNDS = 2 * int(os.environ.get("TAP_FAULT_ROUNDS", "1"))  # make faults: 20
 SCRUBBED = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "TAP_TEST_BACKEND",
             "TAP_VAR_DIR", "TAP_HEARTBEAT_LEASE", "PORT", "TAP_TEST_SLOT")
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_of(var_dir):
@@ -76,15 +68,7 @@ def test_ctrl_c_of_make_run_at_a_random_moment_leaves_nothing_within_10_s(run_en
         if moment == "booting":
             time.sleep(rng.uniform(0.2, 3))
         else:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/healthz/", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+            wait_until_answers(f"http://127.0.0.1:{port}/healthz/", proc=honcho, log=log_path.read_text)
             if moment == "mid-step":  # 20k rows a second, a checkpoint every 5k: its step runs for seconds
                 subprocess.run([sys.executable, "manage.py", "operations", "start", "bulk_insert", "--param",
                                 "rows=200000", "--param", "chunk_rows=5000", "--param", "rows_per_second=20000"],

@@ -29,8 +29,7 @@ from unittest import mock
 
 import pytest
 from django.db import transaction
-from hypothesis import HealthCheck, Phase, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, settings, strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -187,8 +186,8 @@ def user_after_claim(verb):
     """The user's ``verb`` lands right after a worker's claim read the status."""
     claim = services.step_claim
 
-    def claim_then_act(operation_id, run_token, index=None):
-        found = claim(operation_id, run_token, index)
+    def claim_then_act(operation_id, run_token):
+        found = claim(operation_id, run_token)
         try:
             getattr(services, f"operation_{verb}")(operation=operation_id, actor="cli")
         except services.TransitionRefused:
