@@ -27,6 +27,8 @@ FAULTS = {
     "duplicate-messages": "every step message published twice (by the worker and by the starter)",
     "visibility-timeout": "a step outlives Redis' visibility timeout (2 s): the message is redelivered while it runs",
     "sigstop-past-lease": "the worker SIGSTOPped past its lease, rescued by another worker, then SIGCONTed",
+    "sigkill-every-pool-child": "SIGKILL of every pool process at once mid-import (the OOM killer); the worker "
+                                "runs under operations.supervise and beat recovers it — no person acts",
 }
 
 

@@ -80,7 +80,7 @@ def start_and_reach(workload, rng):
 
 
 def drive_to_completion(operation_id, timeout=180, workers=()):
-    """What an operator (or TAP_RECONCILE_REDISPATCH) does: resume the interrupted and paused,
+    """What an operator does: resume the interrupted and paused,
     retry the failed, until it completes; and what a process supervisor does: start a worker
     that exited. Returns the interventions."""
     interventions, deadline = [], time.monotonic() + timeout
@@ -339,7 +339,7 @@ def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, workload_name,
     assert turned_away(worker.log_text() + rescuer.log_text(), operation_id), worker.log_tail()
 
 
-@pytest.mark.backends("sqlite-fs", "pg-redis")
+@pytest.mark.backends("sqlite-fs", "pg-redis", "pg-rabbitmq")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_every_pool_child_killed_at_once_mid_import(worker, beat, seed):
     """What the OOM killer does to a big step: all of a worker's pool processes die at once.
