@@ -153,8 +153,8 @@ OPTIONS = [
     Option("AUTO_RESUME_BACKOFF", 5, positive_number,
            "Seconds before the first automatic resume; each further one waits twice as long (at most 10 min)."),
     Option("POISON_LIMIT", 3, positive_int,
-           "Starts of the same step without getting further (a step that kills or stalls its worker) "
-           "after which the operation fails, saying so, instead of starting it again."),
+           "Workers lost while running the same step without it getting further (killed, out of "
+           "memory, gone silent) after which the operation fails, saying so, instead of starting it again."),
     Option("WATCHDOG_TIMEOUT", 60, non_negative_number,
            "Seconds a step received by a worker may wait for a free pool process that never takes it "
            "before the worker counts as wedged and exits, for its supervisor to start a new one (0: off)."),

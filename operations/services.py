@@ -695,7 +695,7 @@ def _recovery_of(kind_name):
 def operations_reconcile(*, lease=None):
     """Mark active operations whose heartbeat is older than the lease ``interrupted``, and plan
     what comes next by their kind's recovery policy: an automatic resume after a backoff, or — for
-    a step started more often than the poison limit without getting further — ``failed``.
+    a step that lost as many workers as the poison limit without getting further — ``failed``.
 
     One UPDATE marks them all. Returns the ids marked.
     """

@@ -53,7 +53,7 @@ TRANSITIONS = {
         Transition("fail", frozenset({Status.RUNNING, Status.PAUSE_REQUESTED}), Status.FAILED),
         Transition("retry", frozenset({Status.FAILED}), Status.RUNNING, "retry"),
         Transition("interrupt", ACTIVE, Status.INTERRUPTED),
-        # beat: the head step was started more often than the kind's poison limit allows
+        # beat: the head step lost as many workers as the kind's poison limit allows
         Transition("poison", frozenset({Status.INTERRUPTED}), Status.FAILED),
     )
 }
