@@ -81,15 +81,16 @@ class OperationAdmin(admin.ModelAdmin):
 
     @admin.display(description="last sign of life", ordering="heartbeat_at")
     def sign_of_life(self, obj):
-        """How long ago a worker reported, for active operations; a warning once they are silent."""
-        if not selectors.operation_is_active(obj):
+        """How long ago a worker reported, for active and interrupted operations; a warning once
+        an active one is silent."""
+        age = selectors.shown_heartbeat_age(obj)
+        if age is None:
             return "—"
-        age = selectors.heartbeat_age(obj)
         warning = selectors.silence(obj)
         if warning:
             return format_html('<span class="tap-silent" title="{}">⚠ {} ago</span>', warning,
                                selectors.human_duration(age))
-        return f"{selectors.human_duration(age)} ago" if age is not None else "—"
+        return f"{selectors.human_duration(age)} ago"
 
     @admin.display(description="last change", ordering="updated_at")
     def last_change(self, obj):

@@ -27,6 +27,7 @@ from .catalogue import get_kind
 from .conf import conf, heartbeat_interval
 from .exceptions import StopStep
 from .models import Operation
+from .outages import is_outage
 from .states import Status
 from .workflow import STEPS, is_pause_point, step_arguments
 
@@ -252,6 +253,11 @@ def _spec_or_fail(run, index, entry, where=None):
 
 
 def _retry_or_fail(task, run, index, entry, spec, attempt, exc, where, before_retry=None):
+    if is_outage(exc):  # an outage interrupts (the reconciler, after the lease); it does not fail
+        log.warning("operation %s: %s stopped: the database is unavailable (%s: %s); beat interrupts it "
+                    "after the lease and its recovery policy brings it back", run.operation_id, where,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return
     options = entry.get("options", {})
     max_retries = options.get("max_retries", spec.max_retries)
     delay = options.get("retry_delay", spec.retry_delay)

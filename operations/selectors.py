@@ -5,7 +5,7 @@ from django.utils import timezone
 from .catalogue import UnknownKind, get_kind
 from .conf import conf, heartbeat_interval
 from .models import Operation, OperationEvent, StepMember
-from .states import ACTIVE, TERMINAL, legal_verbs
+from .states import ACTIVE, TERMINAL, Status, legal_verbs
 
 
 def operation_list(*, user=None, status=None, kind=None, mine=False):
@@ -98,6 +98,14 @@ def heartbeat_age(operation, now=None):
     return max(0.0, ((now or timezone.now()) - operation.heartbeat_at).total_seconds())
 
 
+def shown_heartbeat_age(operation, now=None):
+    """The heartbeat's age where it means something to people: an active operation (is it still
+    moving?) or an interrupted one (how long since its worker was heard from); else None."""
+    if operation.status not in ACTIVE and operation.status != Status.INTERRUPTED:
+        return None
+    return heartbeat_age(operation, now)
+
+
 def silence(operation, now=None):
     """For an active operation silent longer than two heartbeat intervals: what to tell people
     (its worker may be gone or stuck). None while it shows signs of life, or is not active."""
@@ -159,7 +167,7 @@ def operation_page(operation, user):
         "unit": kind.progress_unit if kind else "steps",
         "rate": rate,
         "seconds_left": seconds_left,
-        "heartbeat_age": heartbeat_age(operation),
+        "heartbeat_age": shown_heartbeat_age(operation),
         "silence": silence(operation),
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),

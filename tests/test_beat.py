@@ -70,7 +70,7 @@ def test_beats_reconciler_interrupts_a_silent_operation_and_recovers_it_by_its_k
     from tests.support.ops import status_changes, wait_for
 
     hour_ago = timezone.now() - timedelta(hours=1)
-    manual = services.operation_start(kind="records", params={"steps": 2}, actor="cli")  # no policy: a person
+    manual = services.operation_start(kind="tests.records_manual", params={"steps": 2}, actor="cli")  # no policy: a person
     automatic = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")  # demo: automatic
     for operation in (manual, automatic):
         wait_for(operation.pk, lambda op: op.status == "completed", what="the first run")

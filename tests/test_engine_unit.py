@@ -1,16 +1,19 @@
 """The engine's rules without a worker: state table, plan validation, services' conditional updates."""
 
 import datetime
+import errno
 
 import pytest
 from celery import chain
 from django.contrib.auth.models import User
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from operations import services
+from operations import engine, services
 from operations.contrib.demo.kinds.arithmetic import add, expected_result, mult
 from operations.contrib.demo.models import Record
 from operations.models import Operation
+from operations.outages import is_outage
 from operations.states import Status, legal_verbs, refusal_message
 from operations.workflow import WorkflowError, build_plan, step, validate_plan
 from tests.support.kinds import write_rows
@@ -217,3 +220,40 @@ def test_resume_of_an_edited_workflow_is_refused_with_an_event_and_no_dispatch(d
     operation.refresh_from_db()
     assert operation.status == Status.PAUSED and operation.run_token == 1
     assert operation.events.last().note.startswith("resume refused: steps[1] names 'celery.chord_unlock'")
+
+
+@pytest.mark.parametrize("error, outage", [
+    (OperationalError("database or disk is full"), True),
+    (OperationalError("disk I/O error"), True),
+    (OperationalError("database is locked"), True),
+    (InterfaceError("connection already closed"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OperationalError("no such table: operations_demo_record"), False),  # the step's own bug
+    (ValueError("bad row"), False),
+    (OSError(errno.ENOENT, "No such file or directory"), False),
+])
+def test_an_outage_is_told_from_a_step_error(error, outage):
+    assert is_outage(error) is outage
+    try:  # what a step sees: its error raised while handling the driver's
+        try:
+            raise error
+        except Exception as cause:
+            raise RuntimeError("while storing a chunk") from cause
+    except RuntimeError as wrapped:
+        assert is_outage(wrapped) is outage
+
+
+@pytest.mark.django_db
+def test_a_step_stopped_by_an_outage_is_left_to_the_lease_not_failed_or_retried():
+    """The write that would fail it is as likely to fail; the reconciler interrupts it instead."""
+    operation = _running(kind="records", params={"steps": 2})
+    run = engine.Run(operation.pk, operation.run_token)
+
+    class Task:
+        def retry(self, **kwargs):
+            raise AssertionError("an outage must not use the step's retries")
+
+    engine._retry_or_fail(Task(), run, 0, {}, None, 0, OperationalError("database or disk is full"), "step 1 of 2")
+    operation.refresh_from_db()
+    assert operation.status == Status.RUNNING and operation.error == ""
+    assert not operation.events.filter(note__contains="failed").exists()

@@ -43,9 +43,9 @@ def test_the_policy_takes_the_settings_where_the_kind_says_nothing(settings):
 
 @pytest.mark.django_db
 def test_reconcile_plans_an_automatic_resume_for_kinds_that_want_one(settings):
-    settings.TAP_AUTO_RESUME = False
+    settings.TAP_AUTO_RESUME, settings.TAP_AUTO_RESUME_BACKOFF = False, 5
     automatic = _silent("arithmetic")  # a demo kind: recovery on
-    manual = _silent("records", {"steps": 2})  # no policy of its own: the settings (off)
+    manual = _silent("tests.records_manual", {"steps": 2})  # no policy of its own: the settings (off)
     before = timezone.now()
     assert sorted(services.operations_reconcile(lease=60)) == sorted([automatic, manual])
     auto = _row(automatic)

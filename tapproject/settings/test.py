@@ -75,3 +75,5 @@ TAP_BATCH_MIN_SECONDS = TAP_BATCH_MAX_SECONDS = 0.0
 from .base import STATIC_ROOT  # noqa: E402
 
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing folder even when using finders
+# Beat's first automatic resume after 1 s (then 2, 4, …): the fault suite waits less.
+TAP_AUTO_RESUME_BACKOFF = 1

@@ -29,6 +29,18 @@ FAULTS = {
     "sigstop-past-lease": "the worker SIGSTOPped past its lease, rescued by another worker, then SIGCONTed",
     "sigkill-every-pool-child": "SIGKILL of every pool process at once mid-import (the OOM killer); the worker "
                                 "runs under operations.supervise and beat recovers it — no person acts",
+    "sigkill-every-pool-child-manual": "the same, for a kind with automatic recovery off: moving again where "
+                                       "the broker kept the message, else shown interrupted with its heartbeat's "
+                                       "age and left so by beat; the one resume that kind asks of a person is "
+                                       "the test's (not counted)",
+    "partition-postgres": "the worker (in its own network namespace) cut off from PostgreSQL mid-step, "
+                          "packets dropped on its side, healed after longer than the lease",
+    "partition-broker": "the worker (in its own network namespace) cut off from Redis mid-step, "
+                        "packets dropped on its side, healed after longer than the lease",
+    "disk-full": "the disk (a 48 MB tmpfs) under the embedded default's database and broker folders fills up "
+                 "mid-run, for longer than the lease; then space comes back",
+    "import-10m": "a 10,000,000-row (≈ 700 MB) CSV import whose pool child is SIGKILLed in the middle; "
+                  "the worker's RSS is sampled throughout",
 }
 
 
@@ -65,17 +77,35 @@ def junit_cases():
 def fault_table(runs):
     grouped = defaultdict(list)
     for run in runs:
-        if run.get("fault") in FAULTS:
+        if run.get("fault") in FAULTS and run["fault"] != "import-10m":
             grouped[run["fault"], run["workload"], run["backend"]].append(run)
-    lines = ["| fault | workload | backend | runs | with problems | resumes / retries / worker restarts | median s |",
-             "|---|---|---|---:|---:|---|---:|"]
+    lines = ["| fault | workload | backend | runs | with problems | person's actions | automatic resumes "
+             "| worker restarts | median s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (fault, workload, backend), items in sorted(grouped.items()):
         bad = sum(1 for item in items if item["problems"])
-        done = [i for item in items for i in item["interventions"]]
-        counts = (sum(i.startswith("resume") for i in done), done.count("retry"), done.count("worker restarted"))
+        people = sum(len(item.get("interventions", [])) for item in items)
+        automatic = sum(item.get("auto_resumes", 0) for item in items)
+        restarts = sum(item.get("restarts", 0) for item in items)
         seconds = statistics.median(item["seconds"] for item in items)
-        lines.append(f"| {fault} | {workload} | {backend} | {len(items)} | {bad} | {' / '.join(map(str, counts))} "
-                     f"| {seconds:.0f} |")
+        lines.append(f"| {fault} | {workload} | {backend} | {len(items)} | {bad} | {people} | {automatic} "
+                     f"| {restarts} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def scale_table(runs):
+    items = [run for run in runs if run.get("fault") == "import-10m"]
+    if not items:
+        return "_No big import was recorded._"
+    lines = ["| backend | rows | rows/s | killed at row | moving again after (s) | pool child RSS start → peak "
+             "(MB) | RSS growth after warm-up (MB) | main process growth (MB) | person's actions | problems |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for item in sorted(items, key=lambda i: (i["backend"], i.get("rows", 0))):
+        lines.append(f"| {item['backend']} | {item.get('rows', 0):,} | {item.get('rows_per_second', 0):,} "
+                     f"| {item.get('kill_at_rows', 0):,} | {item.get('recovered_in', '')} "
+                     f"| {item.get('rss_start_mb', '')} → {item.get('rss_peak_mb', '')} | {item.get('rss_growth_mb', '')} "
+                     f"| {item.get('main_rss_growth_mb', '')} | {len(item.get('interventions', []))} "
+                     f"| {len(item['problems'])} |")
     return "\n".join(lines)
 
 
@@ -113,11 +143,14 @@ The promise: whatever happens, an operation loses no row of work and applies no 
 The fault suite (`tests/faults/`) injects each fault at a random point (seeded) of two workloads —
 a 20,000-row **CSV import** (chunks of 500 rows, each committed with its checkpoint) and a 25-step
 **chain** whose every step writes one row in the step's own transaction — drives the operation to
-completion the way an operator would (resume what is interrupted, retry what failed), then checks:
-exact row count, no id stored twice, the checksum of the input, the expected result, and an event
-history in which every status change is legal and continues from the previous one.
+completion with **nobody acting**: beat runs next to the workers, its reconciler marks a silent
+operation interrupted after the heartbeat lease and resumes it by the kind's recovery policy (on
+for the demo kinds), and workers that must come back run under `operations.supervise`. Then it
+checks: exact row count, no id stored twice, the checksum of the input, the expected result, an
+event history in which every status change is legal and continues from the previous one — and
+that no person changed the operation's status after the fault (a person's action is a problem).
 
-**{len(fault_runs)} fault runs, {len(problems)} with a problem.**
+**{len(fault_runs)} fault runs, {len(problems)} with a problem, {sum(len(r.get("interventions", [])) for r in fault_runs)} person's actions.**
 
 ## Faults
 
@@ -126,21 +159,38 @@ history in which every status change is legal and continues from the previous on
 {fault_table(runs)}
 
 "with problems" counts runs in which the checker found a lost or doubled row, a wrong checksum
-or result, or an illegal transition. Interventions are what an operator did afterwards: a resume
-of an operation the reconciler marked `interrupted` (its worker or its messages were gone), or a
-retry of one whose step failed while the database was down; and what a process supervisor does:
-start a worker that exited. No worker had to be restarted after a Redis restart: kombu 5.7's Redis
-transport makes a worker exit when Redis restarts under a running task (it restores and acks
-through the closed connection); `operations/brokers/redis.py` fixes that, and the redis-restart runs
-check that the same worker carries on.
+or result, an illegal transition, or a status change by a person after the fault. Automatic
+resumes are beat's (an event by `beat`, after its reconciler marked the operation `interrupted`);
+worker restarts are a process supervisor's: `operations.supervise` starting a worker that exited
+(its watchdog ends a wedged one), or the test standing in for a machine's init system after it
+killed the whole worker. The `-manual` fault uses a kind with automatic recovery off: where the
+broker keeps the message (Redis, RabbitMQ) the pool's new children simply run it again; where it
+is lost with the wedged worker (the filesystem broker), the operation is shown interrupted with its
+heartbeat's age and beat leaves it so — the one resume that kind asks of a person is the test's.
 
-Why the interventions differ: RabbitMQ returns a killed worker's unacknowledged message to the
-queue as soon as its connection closes, so the new worker simply runs it again (fenced, so it
-counts once); Redis keeps it until the visibility timeout (an hour by default), so the reconciler
-marks the operation `interrupted` after the lease and a resume re-sends the step from the stored
-workflow. When Redis restarts while the step is running, the worker finishes it, reconnects and
-sends the next step to the new, empty Redis; `redis-restart-queued` is the harder case in which the only
-message was waiting in the queue and is gone.
+Why beat's resumes differ by backend: RabbitMQ returns a killed worker's unacknowledged message to
+the queue as soon as its connection closes, so the new worker runs it again (fenced, so it counts
+once); Redis keeps it until the visibility timeout (an hour by default) and the filesystem broker
+not at all, so the reconciler marks the operation `interrupted` after the lease and beat's resume
+re-sends the step from the stored workflow. When Redis restarts while the step is running, the
+worker finishes it, reconnects (`operations/brokers/redis.py`; kombu 5.7's own transport makes it
+exit) and sends the next step to the new, empty Redis; `redis-restart-queued` is the harder case in
+which the only message was waiting in the queue and is gone.
+
+A database that is down or a disk that is full does not fail a step (operations/outages.py): the
+step stops, its heartbeat goes stale, and beat's reconciler — whose own writes wait for the same
+database — interrupts and resumes it once writes succeed again. `sigstop-past-lease` is not run on
+SQLite: a process frozen inside a write transaction holds SQLite's only write lock, so nothing —
+beat included — can write until it continues or dies; on one machine, that is the whole machine
+being frozen. Partitions need a network, so they run on PostgreSQL + Redis only.
+
+## A big import with a fault in the middle
+
+{scale_table(runs)}
+
+The pool child running the import is SIGKILLed at a seeded point between 30 % and 70 %; its RSS
+(and every later child's) is sampled every 0.1 s. "Growth after warm-up" is a child's peak after the
+first 10 % of the rows it imported minus its peak before: what grows with the file's size.
 
 ## Concurrent control storm
 

@@ -12,6 +12,7 @@ run is appended to var/faults/results.jsonl, from which docs/reliability.md is w
 import csv
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from operations import services
 from operations.contrib.demo.files import write_demo_csv
-from operations.models import Operation
+from operations.models import Operation, OperationEvent
 from operations.states import Status
 from tests.conftest import BACKEND
 from tests.faults.checker import check_operation, rows_checksum
@@ -79,54 +80,40 @@ def start_and_reach(workload, rng):
     return operation.pk
 
 
-def drive_to_completion(operation_id, timeout=180, workers=()):
-    """What an operator does: resume the interrupted and paused,
-    retry the failed, until it completes; and what a process supervisor does: start a worker
-    that exited. Returns the interventions."""
-    interventions, deadline = [], time.monotonic() + timeout
-    while True:
-        for worker in workers:
-            if not worker.alive():
-                worker.kill()
-                worker.start()
-                worker.wait_ready()
-                interventions.append("worker restarted")
-        close_old_connections()
-        services.operations_reconcile()
-        status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).get()
-        if status == Status.COMPLETED:
-            return interventions
-        try:
-            if status in (Status.INTERRUPTED, Status.PAUSED):
-                services.operation_resume(operation=operation_id, actor="cli")
-                interventions.append(f"resume from {status}")
-            elif status == Status.FAILED:
-                services.operation_retry(operation=operation_id, actor="cli")
-                interventions.append("retry")
-        except services.TransitionRefused:
-            pass  # it moved on meanwhile
-        assert time.monotonic() < deadline, f"operation {operation_id} did not complete: {status}, {interventions}"
-        time.sleep(0.3)
+def last_event(operation_id):
+    """The id of the operation's newest event: what happens after it is the fault's aftermath."""
+    return OperationEvent.objects.filter(operation_id=operation_id).order_by("-id").values_list("id", flat=True).first()
 
 
-def verdict(fault, workload, seed, operation_id, interventions, started):
+def aftermath(operation_id, after):
+    """What brought the operation back after event ``after``: beat's automatic resumes, and any
+    status change made by a person (anyone but a worker or beat) — which the suite must not need."""
+    events = OperationEvent.objects.filter(operation_id=operation_id, id__gt=after or 0).order_by("id")
+    changes = [(a, b, actor) for a, b, actor in events.values_list("from_status", "to_status", "actor") if a != b]
+    people = [f"{actor}: {a} → {b}" for a, b, actor in changes if actor not in ("worker", "beat")]
+    automatic = sum(1 for a, _, actor in changes if actor == "beat" and a == Status.INTERRUPTED)
+    return people, automatic
+
+
+def finish_unattended(operation_id, after, timeout=180):
+    """Wait until the operation completes with nobody acting for it: beat's reconciler marks it
+    interrupted and resumes it by its kind's policy; a worker under a supervisor starts again by
+    itself. Returns ``(people, automatic resumes)`` since event ``after``."""
+    wait_for(operation_id, lambda op: op.status == Status.COMPLETED, timeout=timeout, what="completed, unattended")
+    return aftermath(operation_id, after)
+
+
+def verdict(fault, workload, seed, operation_id, outcome, started, **extra):
+    """Check the operation's data and history, record the run, fail on any problem — a person
+    having had to act is one."""
+    people, automatic = outcome
     problems = check_operation(operation_id, **workload.expected)
+    if people:
+        problems.append(f"a person had to act: {people}")
     record_run({"fault": fault, "workload": workload.name, "backend": BACKEND, "seed": seed,
-                "problems": problems, "interventions": interventions,
-                "seconds": round(time.monotonic() - started, 1)})
+                "problems": problems, "interventions": people, "auto_resumes": automatic,
+                "seconds": round(time.monotonic() - started, 1), **extra})
     assert problems == [], f"{fault}/{workload.name} seed {seed}: {problems}"
-
-
-def supervise(worker):
-    """What a process supervisor does after an outage: a worker that no longer answers is replaced."""
-    try:
-        worker.wait_ready(timeout=20)
-        return []
-    except (TimeoutError, RuntimeError):
-        worker.kill()
-        worker.start()
-        worker.wait_ready()
-        return ["worker restarted"]
 
 
 def turned_away(log, operation_id):
@@ -152,14 +139,26 @@ def replaced_worker(session_worker, name, *, supervised=False, **extra_env):
         session_worker.wait_ready()
 
 
+@contextmanager
+def second_worker(session_worker, name):
+    """Another worker of the fleet next to the session's, stopped afterwards whatever happens."""
+    other = WorkerProcess(session_worker.env, session_worker.log_path.parent / f"{name}.log")
+    other.start()
+    try:
+        yield other.wait_started()
+    finally:
+        other.kill()
+
+
 # --- services that go down --------------------------------------------------------------------
 
 
-def _wait(check, what, timeout=60):
+def _wait(check, what, timeout=60, every=0.2):
     deadline = time.monotonic() + timeout
-    while not check():
+    while not (value := check()):
         assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        time.sleep(0.2)
+        time.sleep(every)
+    return value
 
 
 def _quiet(*cmd):
@@ -202,84 +201,113 @@ def crash_and_restart_postgres(down_for):
 
 
 # --- the faults -------------------------------------------------------------------------------
+# Every fault test runs with beat (its reconciler thread resumes by the kinds' recovery policy)
+# and acts for nobody after the fault: ``finish_unattended`` only waits, and ``verdict`` counts
+# any status change a person made as a problem.
 
 SEEDS = range(ROUNDS)
 WORKLOADS = ["import", "chain"]
+EVERY_BACKEND = ("sqlite-fs", "pg-redis", "pg-rabbitmq")
 
 
-@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.backends(*EVERY_BACKEND)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
 @pytest.mark.parametrize("target", ["pool-child", "whole-worker"])
-def test_sigkill(worker, target, workload_name, seed):
+def test_sigkill(worker, beat, target, workload_name, seed):
     rng, started = random.Random(f"sigkill-{target}-{workload_name}-{seed}"), time.monotonic()
     workload = workloads()[workload_name]
-    operation_id = start_and_reach(workload, rng)
-    if target == "pool-child":
-        for child in worker.children():  # the main process notices, gives the message back, forks anew
-            child.send_signal(signal.SIGKILL)
-    else:
+    if target == "pool-child":  # the worker runs under its supervisor, as in deployment (Procfile)
+        with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
+            operation_id = start_and_reach(workload, rng)
+            after, pid = last_event(operation_id), supervised.worker_main().pid
+            child = running_pool_child(supervised, rng)
+            child.send_signal(signal.SIGKILL)  # the main process notices, gives the message back, forks anew
+            outcome = finish_unattended(operation_id, after)
+            main = supervised.worker_main()
+        restarts = int(main is None or main.pid != pid)
+    else:  # the machine loses power; its process supervisor starts the worker when it is back
+        operation_id = start_and_reach(workload, rng)
+        after = last_event(operation_id)
         worker.kill()
         time.sleep(rng.uniform(0, 2))
         worker.start()
         worker.wait_ready()
-    interventions = drive_to_completion(operation_id)
-    verdict(f"sigkill-{target}", workload, seed, operation_id, interventions, started)
+        outcome, restarts = finish_unattended(operation_id, after), 1
+    verdict(f"sigkill-{target}", workload, seed, operation_id, outcome, started, restarts=restarts)
+
+
+def running_pool_child(worker, rng):
+    """The pool process that used the most CPU over 0.3 s (the one in a step); ties by ``rng``."""
+    children = worker.pool_children()
+    assert children, "the worker has no pool process"
+    for child in children:
+        child.cpu_percent(None)
+    time.sleep(0.3)
+    used = {child: child.cpu_percent(None) for child in children}
+    return max(rng.sample(children, len(children)), key=used.get)
 
 
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_redis_restarted_without_persistence(worker, workload_name, seed):
+def test_redis_restarted_without_persistence(worker, beat, workload_name, seed):
     rng, started = random.Random(f"redis-{workload_name}-{seed}"), time.monotonic()
     workload = workloads()[workload_name]
     operation_id = start_and_reach(workload, rng)
+    after = last_event(operation_id)
     restart_redis_losing_everything()  # the running step's unacknowledged message is gone
     worker.wait_ready(timeout=30)  # the same worker reconnected (operations/brokers/redis.py)
-    interventions = drive_to_completion(operation_id)
-    verdict("redis-restart", workload, seed, operation_id, interventions, started)
+    outcome = finish_unattended(operation_id, after)
+    verdict("redis-restart", workload, seed, operation_id, outcome, started)
 
 
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_postgres_crashes_mid_chunk(worker, workload_name, seed):
+def test_postgres_crashes_mid_chunk(worker, beat, workload_name, seed):
     rng, started = random.Random(f"postgres-{workload_name}-{seed}"), time.monotonic()
     workload = workloads()[workload_name]
-    operation_id = start_and_reach(workload, rng)
-    crash_and_restart_postgres(down_for=rng.uniform(0.5, 3))
-    interventions = supervise(worker) + drive_to_completion(operation_id, workers=[worker])
-    verdict("postgres-crash", workload, seed, operation_id, interventions, started)
+    with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
+        operation_id = start_and_reach(workload, rng)
+        after, pid = last_event(operation_id), supervised.worker_main().pid
+        crash_and_restart_postgres(down_for=rng.uniform(0.5, 3))
+        outcome = finish_unattended(operation_id, after)
+        main = supervised.worker_main()
+    verdict("postgres-crash", workload, seed, operation_id, outcome, started,
+            restarts=int(main is None or main.pid != pid))
 
 
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_a_queued_step_lost_with_redis_is_brought_back_by_the_reconciler(worker, workload_name, seed):
+def test_a_queued_step_lost_with_redis_is_brought_back_by_the_reconciler(worker, beat, workload_name, seed):
     """The step's only message waits in Redis, no worker has it, and Redis restarts empty: only
-    the database knows the operation must go on. The reconciler marks it interrupted once its
-    dispatch heartbeat is older than the lease; a resume re-sends the step from the stored workflow."""
+    the database knows the operation must go on. Beat's reconciler marks it interrupted once its
+    dispatch heartbeat is older than the lease and resumes it, re-sending the step from the
+    stored workflow."""
     rng, started = random.Random(f"redis-queued-{workload_name}-{seed}"), time.monotonic()
     workload = workloads()[workload_name]
     operation_id = start_and_reach(workload, rng)
-    services.operation_pause(operation=operation_id, actor="cli")
+    services.operation_pause(operation=operation_id, actor="cli")  # setting the fault up
     wait_for(operation_id, lambda op: op.status in (Status.PAUSED, Status.COMPLETED), timeout=60, what="paused")
     worker.stop()
     services.operation_resume(operation=operation_id, actor="cli")  # the message waits in the queue
     _wait(lambda: redis_queue_length(settings.CELERY_TASK_DEFAULT_QUEUE) > 0, "the resumed step queued in Redis")
+    after = last_event(operation_id)
     restart_redis_losing_everything()
     assert redis_queue_length(settings.CELERY_TASK_DEFAULT_QUEUE) == 0
     worker.start()
     worker.wait_ready()
-    interventions = drive_to_completion(operation_id)
-    assert "resume from interrupted" in interventions, interventions
-    verdict("redis-restart-queued", workload, seed, operation_id, interventions, started)
+    outcome = finish_unattended(operation_id, after)
+    assert outcome[1] >= 1, "beat never resumed the operation whose message was lost"
+    verdict("redis-restart-queued", workload, seed, operation_id, outcome, started)
 
 
-@pytest.mark.backends("pg-redis")
+@pytest.mark.backends(*EVERY_BACKEND)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_every_message_published_twice(worker, workload_name, seed, monkeypatch):
+def test_every_message_published_twice(worker, beat, workload_name, seed, monkeypatch):
     from tapproject.celery import app
     from tests.faults import inject
 
@@ -288,16 +316,16 @@ def test_every_message_published_twice(worker, workload_name, seed, monkeypatch)
     monkeypatch.setattr(app, "send_task", inject.publish_twice(app.send_task))  # this process's dispatches
     with replaced_worker(worker, "duplicating-worker", TAP_FAULTS="duplicate") as duplicating:
         operation_id = services.operation_start(kind=workload.kind, params=workload.params, actor="cli").pk
-        interventions = drive_to_completion(operation_id)
+        outcome = finish_unattended(operation_id, last_event(operation_id))
         turned = turned_away(duplicating.log_text(), operation_id)
     assert turned, "the duplicates never reached the engine"
-    verdict("duplicate-messages", workload, seed, operation_id, interventions, started)
+    verdict("duplicate-messages", workload, seed, operation_id, outcome, started)
 
 
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_a_step_outliving_the_visibility_timeout_is_fenced(worker, workload_name, seed):
+def test_a_step_outliving_the_visibility_timeout_is_fenced(worker, beat, workload_name, seed):
     started = time.monotonic()
     # A long step: one import step of ~6 s, or chain steps of 4 s — past a 2 s visibility timeout.
     workload = workloads(rows_per_second=3500, step_delay=4)[workload_name]
@@ -305,41 +333,69 @@ def test_a_step_outliving_the_visibility_timeout_is_fenced(worker, workload_name
         workload.params["steps"] = workload.expected["rows"] = workload.expected["result"] = workload.total = 3
     with replaced_worker(worker, "short-visibility-worker", TAP_FAULT_VISIBILITY="2") as redelivering:
         operation_id = services.operation_start(kind=workload.kind, params=workload.params, actor="cli").pk
-        interventions = drive_to_completion(operation_id)
+        outcome = finish_unattended(operation_id, last_event(operation_id))
         turned = turned_away(redelivering.log_text(), operation_id)
     assert turned, "Redis never redelivered the long step"
-    verdict("visibility-timeout", workload, seed, operation_id, interventions, started)
+    verdict("visibility-timeout", workload, seed, operation_id, outcome, started)
 
 
-@pytest.mark.backends("pg-redis")
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
-def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, workload_name, seed):
+def test_a_frozen_worker_that_wakes_up_late_is_fenced_off(worker, beat, workload_name, seed):
+    """A second worker of the fleet is running when the first freezes mid-step (SIGSTOP) past its
+    lease: beat marks the operation interrupted and resumes it, the second worker finishes it,
+    and when the first wakes up its late writes are refused.
+
+    Not on SQLite: a process frozen inside a write transaction holds SQLite's one write lock, so
+    nobody — beat included — can write until it continues or dies (docs/reliability.md)."""
     rng, started = random.Random(f"sigstop-{workload_name}-{seed}"), time.monotonic()
     # Chain steps of 0.6 s: the freeze must land inside a step's body (between its write and its
     # advance), where the woken worker has writes to be refused — not in the few milliseconds
     # between steps, after which it has nothing left to write.
     workload = workloads(step_delay=0.6)[workload_name]
-    operation_id = start_and_reach(workload, rng)
-    os.killpg(worker.proc.pid, signal.SIGSTOP)
-    try:
-        wait_for(operation_id, lambda op: op.pk in services.operations_reconcile() or op.status == Status.INTERRUPTED,
-                 timeout=settings.TAP_HEARTBEAT_LEASE + 20, what="interrupted by the reconciler")
-        rescuer = WorkerProcess(worker.env, worker.log_path.parent / "rescuer.log")
-        rescuer.start()
-        rescuer.wait_ready()
-        interventions = drive_to_completion(operation_id)
-    finally:
-        os.killpg(worker.proc.pid, signal.SIGCONT)
-    time.sleep(3)  # the woken worker finishes its step: its writes must be refused
-    rescuer.stop()
-    verdict("sigstop-past-lease", workload, seed, operation_id, interventions, started)
+    with second_worker(worker, "rescuer") as rescuer:
+        operation_id = start_and_reach(workload, rng)
+        after = last_event(operation_id)
+        frozen = _wait(lambda: step_holder(worker, rescuer), "a worker in a step", every=0.05)
+        os.killpg(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(operation_id, lambda op: op.status == Status.INTERRUPTED or op.status == Status.COMPLETED,
+                     timeout=settings.TAP_HEARTBEAT_LEASE + 20, what="interrupted by beat")
+            outcome = finish_unattended(operation_id, after)
+        finally:
+            os.killpg(frozen.proc.pid, signal.SIGCONT)
+        time.sleep(3)  # the woken worker finishes its step: its writes must be refused
+    verdict("sigstop-past-lease", workload, seed, operation_id, outcome, started)
     # Frozen inside a step, the woken worker's own writes are refused; frozen in the instant after
     # its advance committed, the next step it then sends is turned away by whichever worker takes it.
-    assert turned_away(worker.log_text() + rescuer.log_text(), operation_id), worker.log_tail()
+    assert turned_away(worker.log_text() + rescuer.log_text(), operation_id), frozen.log_tail()
 
 
-@pytest.mark.backends("sqlite-fs", "pg-redis", "pg-rabbitmq")
+_TASK_LINE = re.compile(r"Task operations\.run_step\[([0-9a-f-]+)\] (received|succeeded|failed|retry|raised)")
+
+
+def step_holder(*workers):
+    """The one worker whose log shows a step received and not yet finished, or None."""
+    holding = []
+    for candidate in workers:
+        open_tasks = set()
+        for task_id, what in _TASK_LINE.findall(candidate.log_text()):
+            (open_tasks.add if what == "received" else open_tasks.discard)(task_id)
+        if open_tasks:
+            holding.append(candidate)
+    return holding[0] if len(holding) == 1 else None
+
+
+def kill_every_pool_child(worker):
+    children = worker.pool_children()
+    assert len(children) == 2, children
+    for child in children:
+        child.send_signal(signal.SIGKILL)
+    return time.monotonic()
+
+
+@pytest.mark.backends(*EVERY_BACKEND)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_every_pool_child_killed_at_once_mid_import(worker, beat, seed):
     """What the OOM killer does to a big step: all of a worker's pool processes die at once.
@@ -353,21 +409,53 @@ def test_every_pool_child_killed_at_once_mid_import(worker, beat, seed):
     workload = workloads()["import"]
     with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
         operation_id = start_and_reach(workload, rng)
-        done_before = Operation.objects.get(pk=operation_id).progress_done
-        children = supervised.pool_children()
-        assert len(children) == 2, children
-        killed_at = time.monotonic()
-        for child in children:
-            child.send_signal(signal.SIGKILL)
+        done_before, after = Operation.objects.get(pk=operation_id).progress_done, last_event(operation_id)
+        killed_at = kill_every_pool_child(supervised)
         budget = settings.TAP_HEARTBEAT_LEASE + settings.TAP_RECONCILE_INTERVAL + 30
-        moving = wait_for(operation_id, lambda op: op.progress_done > done_before or op.status == Status.COMPLETED,
-                          timeout=budget, what="moving again")
+        wait_for(operation_id, lambda op: op.progress_done > done_before or op.status == Status.COMPLETED,
+                 timeout=budget, what="moving again")
         recovered_in = time.monotonic() - killed_at
-        final = wait_for(operation_id, lambda op: op.status == Status.COMPLETED, timeout=120, what="completed")
-    assert moving and final.status == Status.COMPLETED
-    people = [f"{actor}: {a} → {b}" for a, b, actor in
-              Operation.objects.get(pk=operation_id).events.values_list("from_status", "to_status", "actor")
-              if actor not in ("worker", "beat", "cli") or (actor == "cli" and a)]
-    verdict("sigkill-every-pool-child", workload, seed, operation_id, people, started)
-    assert people == [], people
+        outcome = finish_unattended(operation_id, after, timeout=120)
+    verdict("sigkill-every-pool-child", workload, seed, operation_id, outcome, started,
+            recovered_in=round(recovered_in, 1))
     assert recovered_in < budget
+
+
+@pytest.mark.backends("sqlite-fs", "pg-redis")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_pool_child_killed_with_automatic_recovery_off(worker, beat, seed):
+    """The same fault for a kind without automatic recovery. Within lease + reconcile interval +
+    30 s the operation is either moving again — the broker gave the message back and the pool
+    forked new children (Redis, RabbitMQ), no resume needed — or shown interrupted with its
+    heartbeat's age on its page (the filesystem broker lost the message with the wedged worker),
+    and beat leaves it so; then one resume, the person this kind asks for, finishes it."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    rng, started = random.Random(f"kill-pool-manual-{seed}"), time.monotonic()
+    workload = workloads()["import"]
+    workload.kind = "tests.csv_import_manual"
+    with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
+        operation_id = start_and_reach(workload, rng)
+        done_before, after = Operation.objects.get(pk=operation_id).progress_done, last_event(operation_id)
+        killed_at = kill_every_pool_child(supervised)
+        budget = settings.TAP_HEARTBEAT_LEASE + settings.TAP_RECONCILE_INTERVAL + 30
+        seen = wait_for(operation_id, lambda op: op.status in (Status.INTERRUPTED, Status.COMPLETED)
+                        or op.progress_done > done_before, timeout=budget, what="interrupted or moving again")
+        seen_in, expected_people = time.monotonic() - killed_at, 0
+        if seen.status == Status.INTERRUPTED:
+            assert seen.resume_at is None  # nobody but a person brings it back
+            client = Client()
+            client.force_login(get_user_model().objects.create_superuser(f"watcher{seed}", "w@example.com", "pw"))
+            page = client.get(f"/operations/{operation_id}/progress/").content.decode()
+            assert 'data-status="interrupted"' in page and 'data-testid="heartbeat-age"' in page, page
+            time.sleep(settings.TAP_RECONCILE_INTERVAL * 3)
+            assert Operation.objects.get(pk=operation_id).status == Status.INTERRUPTED  # beat left it alone
+            supervised.wait_ready()  # a person resumes once a worker answers again
+            services.operation_resume(operation=operation_id, actor="cli")
+            expected_people = 1
+        people, automatic = finish_unattended(operation_id, after, timeout=120)
+    assert automatic == 0, "beat resumed an operation whose kind has automatic recovery off"
+    assert len(people) == expected_people and all(p.startswith("cli: interrupted") for p in people), people
+    verdict("sigkill-every-pool-child-manual", workload, seed, operation_id, ([], automatic), started,
+            shown="interrupted" if expected_people else "moving", seen_in=round(seen_in, 1))

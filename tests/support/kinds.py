@@ -3,6 +3,7 @@
 Loaded in every test process and test worker through ``TAP_KIND_MODULES`` (settings.test).
 """
 
+import dataclasses
 import datetime
 import time
 from decimal import Decimal
@@ -11,7 +12,8 @@ from pathlib import Path
 from celery import chain
 from django import forms
 
-from operations.catalogue import Kind, KindForm, Recovery, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, Recovery, get_kind, register_kind
+from operations.contrib.demo.kinds import csv_import as _demo_csv_import  # noqa: F401 (registers csv_import)
 from operations.contrib.demo.kinds.arithmetic import add
 from operations.contrib.demo.models import Record
 from operations.workflow import step
@@ -84,7 +86,16 @@ register_kind(Kind(
     ),
     compensate=remove_rows,
     cancel_effect="Removes every record this operation wrote.",
+    recovery=AUTO_RECOVERY,  # like the demo kinds: the fault suite needs no person
 ))
+
+# The same kinds without a recovery policy: the settings' default (off) applies, a person resumes.
+register_kind(dataclasses.replace(get_kind("records"), name="tests.records_manual",
+                                  label="Records (tests, no automatic recovery)", recovery=None))
+# The demo's import with automatic recovery off: what a kind without a policy does after a crash.
+register_kind(dataclasses.replace(get_kind("csv_import"), name="tests.csv_import_manual",
+                                  label="Import a CSV file (no automatic recovery)",
+                                  recovery=Recovery(auto_resume=False)))
 
 
 # --- looper: one long step with in-step checkpoints --------------------------------------------

@@ -18,7 +18,7 @@ class WorkerProcess:
     """One ``celery worker`` subprocess, in its own process group so a test can kill all of it."""
 
     def __init__(self, env, log_path, *, concurrency=2, pool="prefork", name=None, queues=None,
-                 extra_args=(), supervised=False):
+                 extra_args=(), supervised=False, wrapper=()):
         self.env = env
         self.log_path = Path(log_path)
         self.concurrency = concurrency
@@ -28,6 +28,8 @@ class WorkerProcess:
         self.extra_args = list(extra_args)
         #: Run under ``python -m operations.supervise``, which starts the worker again when it exits.
         self.supervised = supervised
+        #: A command the worker runs under, e.g. ``["ip", "netns", "exec", "tap-w1"]`` (its own host).
+        self.wrapper = list(wrapper)
         self.proc = None
         self._log = None
 
@@ -42,7 +44,7 @@ class WorkerProcess:
         cmd += self.extra_args
         if self.supervised:
             cmd = [sys.executable, "-m", "operations.supervise", "--grace", "3", "--", *cmd]
-        return cmd
+        return [*self.wrapper, *cmd]
 
     def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,8 +141,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  owner:    {data['owner'] or '-'}")
         self.stdout.write(f"  params:   {_dumps(data['params'])}")
         self.stdout.write(f"  progress: {_bar(operation)}")
-        if operation.status in ACTIVE and data["heartbeat_age"] is not None:
-            self.stdout.write(f"  heartbeat: {selectors.human_duration(data['heartbeat_age'])} ago")
+        shown_age = selectors.shown_heartbeat_age(operation)
+        if shown_age is not None:
+            self.stdout.write(f"  heartbeat: {selectors.human_duration(shown_age)} ago")
         if data["silence"]:
             self.stdout.write(self.style.WARNING(f"  warning:  {data['silence']}"))
         if data["resume_at"]:
