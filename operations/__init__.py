@@ -27,6 +27,7 @@ _EXPORTS = {
     "Recovery": "operations.catalogue",
     "AUTO_RECOVERY": "operations.catalogue",
     "get_kind": "operations.catalogue",
+    "BoundedJSONField": "operations.jsonlimits",
     # the user verbs (every face calls these)
     "operation_start": "operations.services",
     "operation_pause": "operations.services",
@@ -85,6 +86,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
         TransitionRefused as TransitionRefused,
         UnknownKind as UnknownKind,
         WorkflowError as WorkflowError,
+    )
+    from .jsonlimits import (
+        BoundedJSONField as BoundedJSONField,
     )
     from .models import (
         Operation as Operation,

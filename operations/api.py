@@ -8,10 +8,11 @@ settings; authentication follows the host's (see ``authentication_classes``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -19,14 +20,15 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import APIException, ParseError, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 
-from . import __version__, selectors, services
+from . import __version__, jsonlimits, selectors, services
 from .conf import conf
 from .models import Operation
 from .serializers import OperationListSerializer, OperationSerializer
@@ -75,8 +77,34 @@ def described(**kwargs: Any) -> Any:
     return decorator
 
 
+class BoundedJSONParser(JSONParser):
+    """DRF's JSON parser with the depth limit (operations.jsonlimits): a 400, not a RecursionError."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(f"JSON parse error - {jsonlimits.too_deep_message()}") from None
+        try:
+            return jsonlimits.check_depth(data)
+        except jsonlimits.TooDeep as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+
+
+class BodyTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "body_too_large"
+
+    def __init__(self) -> None:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"The request body is over the limit of {limit:,} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE); "
+                         "send a big CSV as a file upload (multipart), which has no such limit.")
+
+
 class AppAPIView:
     """Mixed into every API view of the app (and of its contrib apps)."""
+
+    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
 
     permission_classes = [IsAuthenticated]
     schema = AutoSchema()
@@ -89,6 +117,12 @@ class AppAPIView:
         # Reads are not throttled; every state change is.
         return [ControlThrottle()] if self.request.method == "POST" else []
 
+    def handle_exception(self, exc: Exception) -> Any:
+        """Django's RequestDataTooBig would be an HTML 400 without a reason: a JSON 413 naming the limit."""
+        if isinstance(exc, RequestDataTooBig):
+            exc = BodyTooLarge()
+        return super().handle_exception(exc)  # type: ignore[misc]
+
 
 class StartSerializer(serializers.Serializer):
     kind = serializers.CharField()
@@ -97,7 +131,9 @@ class StartSerializer(serializers.Serializer):
     def validate_params(self, value):
         if isinstance(value, str):  # a multipart request sends params as JSON text
             try:
-                value = json.loads(value)
+                value = jsonlimits.loads(value)
+            except jsonlimits.TooDeep as exc:
+                raise serializers.ValidationError(str(exc)) from None
             except ValueError:
                 raise serializers.ValidationError("params must be a JSON object") from None
         if not isinstance(value, dict):

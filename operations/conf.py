@@ -171,6 +171,9 @@ OPTIONS = [
            "Rate limit of the API's state changes per user (starts and verbs); None turns it off. "
            "A rate for the scope operation_control in REST_FRAMEWORK's DEFAULT_THROTTLE_RATES wins."),
     Option("API_PAGE_SIZE", 50, positive_int, "Operations per page of GET /api/operations/."),
+    Option("MAX_JSON_DEPTH", 32, positive_int,
+           "How deep JSON that people send (API bodies, JSON parameters) may nest; deeper is a 400 naming "
+           "this limit, not a RecursionError."),
     Option("API_AUTHENTICATION_CLASSES", None, dotted_paths_or_none,
            "DRF authentication classes of the app's API. Default: REST_FRAMEWORK's "
            "DEFAULT_AUTHENTICATION_CLASSES, with TokenAuthentication first when rest_framework.authtoken "

@@ -4,6 +4,8 @@ An operation that failed or was interrupted can be retried or resumed, and reads
 one that completed or was cancelled never will, and neither will one that was deleted.
 """
 
+import re
+import unicodedata
 import uuid
 from functools import partial
 from pathlib import Path
@@ -23,11 +25,29 @@ def upload_dir():
     return Path(folder)
 
 
+#: Of the name a client sent, at most this many characters are kept (file systems allow 255 bytes).
+SAFE_NAME_CHARS = 80
+
+
+def safe_name(name):
+    """A file name made of ASCII letters, digits, ``-``, ``_`` and one ``.``, at most
+    ``SAFE_NAME_CHARS`` long, from whatever a client sent: folders, control characters, right-to-left
+    marks and 300-byte names must neither fail the write (a 500) nor land outside the folder."""
+    base = re.split(r"[/\\]", str(name or ""))[-1]
+    ascii_name = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode()
+    stem, dot, extension = ascii_name.rpartition(".")
+    if not dot:
+        stem, extension = ascii_name, ""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:SAFE_NAME_CHARS] or "upload"
+    extension = re.sub(r"[^A-Za-z0-9]+", "", extension)[:10]
+    return f"{stem}.{extension}" if extension else stem
+
+
 def store(upload):
-    """Write an uploaded file under the upload folder with a unique name; returns its path."""
+    """Write an uploaded file under the upload folder with a unique, safe name; returns its path."""
     folder = upload_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{uuid.uuid4().hex}-{Path(upload.name).name}"
+    target = folder / f"{uuid.uuid4().hex}-{safe_name(upload.name)}"
     with open(target, "wb") as out:
         for piece in upload.chunks():
             out.write(piece)

@@ -257,3 +257,30 @@ def test_a_step_stopped_by_an_outage_is_left_to_the_lease_not_failed_or_retried(
     operation.refresh_from_db()
     assert operation.status == Status.RUNNING and operation.error == ""
     assert not operation.events.filter(note__contains="failed").exists()
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ("rows.csv", "rows.csv"),
+    ("../../etc/passwd.csv", "passwd.csv"),
+    ("C:\\Users\\me\\Desktop\\rows.csv", "rows.csv"),
+    ("a b\u00e9\u202e\x01.csv", "a_be.csv"),
+    ("r" * 300 + ".csv", "r" * 80 + ".csv"),
+    ("", "upload"),
+    ("....", "upload"),
+    ("données.tar.gz", "donnees_tar.gz"),
+])
+def test_an_upload_is_stored_under_a_safe_name(sent, kept):
+    from operations.uploads import safe_name
+
+    assert safe_name(sent) == kept
+
+
+@pytest.mark.parametrize("value, depth", [(1, 0), ([], 1), ({"a": [1, {"b": []}]}, 4), ([[[[[]]]]], 5)])
+def test_nesting_depth_is_counted_without_recursing(value, depth):
+    from operations.jsonlimits import nesting_depth
+
+    assert nesting_depth(value) == depth
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert nesting_depth(deep) == 100_001

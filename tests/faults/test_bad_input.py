@@ -308,6 +308,8 @@ def test_grouptasks_refuses_bad_tasks_naming_the_field(owner, body, errors):
 
 # The pages post strings; the kind's form reads them.
 PAGE_PARAMS = [
+    ("batch_sum", {"tasks": "[" * 1000 + "]" * 1000}, "tasks", "JSON nested deeper than 32 levels (TAP_MAX_JSON_DEPTH)"),
+    ("batch_sum", {"tasks": "[" * 40 + "]" * 40}, "tasks", "JSON nested deeper than 32 levels (TAP_MAX_JSON_DEPTH)"),
     ("arithmetic", {"steps": "ten"}, "steps", "Enter a whole number."),
     ("arithmetic", {"steps": "true"}, "steps", "Enter a whole number."),
     ("arithmetic", {"steps": "1.5"}, "steps", "Enter a whole number."),
@@ -484,3 +486,44 @@ def test_retry_refuses_an_edited_workflow_too(django_capture_on_commit_callbacks
     operation.refresh_from_db()
     assert (operation.status, operation.run_token) == (Status.FAILED, 1)
     assert operation.events.order_by("at", "id").last().note == f"retry refused: {reason}"
+
+
+# --- requests no view should answer with a 500 ------------------------------------------------
+
+DEEP = "[" * 1000 + "]" * 1000  # 2 KB
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url, body", [
+    ("/api/operations/", '{"kind": "arithmetic", "params": {"x": %s}}' % DEEP),
+    ("/api/operations/", DEEP),
+    ("/grouptasks", '{"tasks": %s}' % DEEP),
+    ("/api/operations/", '{"kind": "arithmetic", "params": {"x": %s}}' % ("[" * 100 + "]" * 100)),
+])
+def test_json_nested_too_deep_is_a_400_naming_the_limit(owner, url, body):
+    response = api_client(owner).post(url, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "nested deeper than" in response.json()["detail"], response.json()
+    assert Operation.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_body_over_the_limit_is_a_413_naming_the_limit(owner, settings):
+    body = '{"kind": "arithmetic", "params": {"x": "%s"}}' % ("a" * 3_000_000)
+    response = api_client(owner).post("/api/operations/", body, content_type="application/json")
+    assert response.status_code == 413, response.content
+    detail = response.json()["detail"]
+    assert f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes" in detail and "DATA_UPLOAD_MAX_MEMORY_SIZE" in detail
+    assert Operation.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["r" * 236 + ".csv", "../../etc/passwd.csv", "a b\u00e9\u202e\x01.csv"])
+def test_a_long_or_strange_upload_name_is_stored_under_a_safe_name(owner, name, settings, tmp_path):
+    settings.TAP_UPLOAD_DIR = str(tmp_path)
+    upload = SimpleUploadedFile(name, b"id,name,email,amount,date\n1,A,a@example.com,1.00,2026-01-01\n")
+    response = api_client(owner).post("/api/operations/", {"kind": "csv_import", "file": upload}, format="multipart")
+    assert response.status_code == 201, response.content
+    stored = list(tmp_path.iterdir())
+    assert len(stored) == 1 and len(stored[0].name.encode()) <= 150 and stored[0].parent == tmp_path
+    assert all(c.isascii() and (c.isalnum() or c in "-_.") for c in stored[0].name), stored[0].name

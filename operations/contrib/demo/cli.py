@@ -14,10 +14,20 @@ def _make_csv_arguments(parser):
     parser.add_argument("path")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--format", choices=sorted(FORMATS), default="records")
+    parser.add_argument("--force", action="store_true", help="replace the file if it exists")
+    parser.add_argument("--parents", action="store_true", help="create the folder if it does not exist")
 
 
-def make_csv(command, *, path, rows, format, **options):
-    written = write_demo_csv(path, rows=rows, fmt=format)
+def make_csv(command, *, path, rows, format, force, parents, **options):
+    """A typo should not replace a file or scatter folders: both need asking for."""
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"{path} is a folder; give the path of the file to write")
+    if target.exists() and not force:
+        raise CommandError(f"{path} exists; add --force to replace it")
+    if not target.parent.is_dir() and not parents:
+        raise CommandError(f"folder {target.parent} does not exist; add --parents to create it")
+    written = write_demo_csv(target, rows=rows, fmt=format)
     command.stdout.write(f"wrote {rows} rows ({format}) to {written}")
 
 

@@ -29,7 +29,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-        verbs.add_parser("kinds", help="list the kinds of operation and their parameters")
+        kinds = verbs.add_parser("kinds", help="list the kinds of operation and their parameters")
+        kinds.add_argument("--json", action="store_true")
 
         start = verbs.add_parser("start", help="start an operation; prints its id")
         start.add_argument("kind")
@@ -45,7 +46,9 @@ class Command(BaseCommand):
         show = verbs.add_parser("show", help="show one operation")
         show.add_argument("id", type=int)
         show.add_argument("--json", action="store_true")
-        show.add_argument("--watch", action="store_true", help="draw a progress bar until it stops moving")
+        show.add_argument("--watch", action="store_true",
+                          help="draw a progress bar (rate, time left) until it stops moving; the exit code "
+                               "says how: 0 completed, 1 failed, 3 cancelled, 4 paused or interrupted")
 
         for verb in ("pause", "cancel"):
             sub = verbs.add_parser(verb, help=f"{verb} an operation")
@@ -75,17 +78,20 @@ class Command(BaseCommand):
 
     # --- verbs --------------------------------------------------------------------------------
 
-    def do_kinds(self, **options):
-        for kind in all_kinds():
-            self.stdout.write(self.style.SUCCESS(kind.name) + f"  {kind.label}")
-            if kind.description:
-                self.stdout.write(f"    {kind.description}")
-            form = kind.form()
-            for name, field in form.fields.items():
-                default = f" (default {field.initial})" if field.initial not in (None, "") else ""
-                required = " (required)" if field.required else ""
-                option = "--file PATH" if isinstance(field, forms.FileField) else f"--param {name}=…"
-                self.stdout.write(f"    {option}{required}{default}  {field.help_text}")
+    def do_kinds(self, json, **options):
+        described = [_kind_description(kind) for kind in all_kinds()]
+        if json:
+            self._json(described)
+            return
+        for kind in described:
+            self.stdout.write(self.style.SUCCESS(kind["name"]) + f"  {kind['label']}")
+            if kind["description"]:
+                self.stdout.write(f"    {kind['description']}")
+            for param in kind["params"]:
+                default = f" (default {param['default']})" if param["default"] not in (None, "") else ""
+                required = " (required)" if param["required"] else ""
+                option = "--file PATH" if param["type"] == "file" else f"--param {param['name']}=…"
+                self.stdout.write(f"    {option}{required}{default}  {param['help']}")
 
     def do_start(self, kind, param, file, owner, json, **options):
         params = {}
@@ -131,7 +137,13 @@ class Command(BaseCommand):
 
     def do_show(self, id, json, watch, **options):
         if watch:
-            self._watch(id)
+            status = self._watch(id)
+            if status != Status.COMPLETED:
+                operation = selectors.operation_get(operation_id=id)
+                why = f": {operation.error}" if operation.error else ""
+                raise CommandError(f"operation {id} ended {label(status).lower()}{why}",
+                                   returncode=WATCH_EXIT_CODES.get(status, 4))
+            return
         operation = selectors.operation_get(operation_id=id)
         if json:
             self._json(OperationSerializer(operation).data)
@@ -162,13 +174,13 @@ class Command(BaseCommand):
         operation = services.operation_pause(operation=id, actor=services.CLI)
         self._report(operation, "pause")
         if wait:
-            self._wait(id, until=lambda s: s != Status.PAUSE_REQUESTED, timeout=timeout)
+            self._wait(id, until=lambda s: s != Status.PAUSE_REQUESTED, timeout=timeout, reported=operation.status)
 
     def do_cancel(self, id, wait, timeout, **options):
         operation = services.operation_cancel(operation=id, actor=services.CLI)
         self._report(operation, "cancel")
         if wait:
-            self._wait(id, until=lambda s: s not in ACTIVE, timeout=timeout)
+            self._wait(id, until=lambda s: s not in ACTIVE, timeout=timeout, reported=operation.status)
 
     def do_resume(self, id, **options):
         self._report(services.operation_resume(operation=id, actor=services.CLI), "resume")
@@ -191,30 +203,65 @@ class Command(BaseCommand):
     def _report(self, operation, verb):
         self.stdout.write(f"operation {operation.pk}: {label(operation.status)}")
 
-    def _wait(self, id, until, timeout):
+    def _wait(self, id, until, timeout, reported):
+        """Until ``until(status)``; prints the status it ends in unless that is the one already
+        reported (a cancel of a paused operation is done at once)."""
         deadline = time.monotonic() + timeout
         while True:
             status = Operation.objects.filter(pk=id).values_list("status", flat=True).get()
             if until(status):
-                self.stdout.write(f"operation {id}: {label(status)}")
+                if status != reported:
+                    self.stdout.write(f"operation {id}: {label(status)}")
                 return
             if time.monotonic() > deadline:
                 raise CommandError(f"operation {id} is still {label(status).lower()} after {timeout:g}s")
             time.sleep(0.2)
 
     def _watch(self, id):
-        """Redraw one progress line until the operation leaves the active statuses."""
+        """Redraw one progress line (rate, time left) until the operation stops moving: it left the
+        active statuses, and is not an interrupted one beat will resume. Returns its status."""
         tty = sys.stdout.isatty()
         while True:
             operation = selectors.operation_get(operation_id=id)
-            line = f"#{operation.pk} {operation.kind:<12} {_bar(operation)}  {label(operation.status)}"
+            rate, left = selectors.operation_speed(operation, list(selectors.operation_events(operation=operation)))
+            speed = f"  {rate:,.1f}/s" if rate else ""
+            speed += f"  ~{selectors.human_duration(left)} left" if left is not None else ""
+            line = f"#{operation.pk} {operation.kind:<12} {_bar(operation)}{speed}  {label(operation.status)}"
             self.stdout.write(("\r" + line.ljust(100)) if tty else line, ending="" if tty else "\n")
             self.stdout.flush()
-            if operation.status not in ACTIVE:
+            coming_back = operation.status == Status.INTERRUPTED and operation.resume_at is not None
+            if operation.status not in ACTIVE and not coming_back:
                 if tty:
                     self.stdout.write("")
-                return
+                return operation.status
             time.sleep(0.5)
+
+
+#: How ``show --watch`` ends: 0 only when the operation completed.
+WATCH_EXIT_CODES = {Status.COMPLETED: 0, Status.FAILED: 1, Status.CANCELLED: 3, Status.PAUSED: 4,
+                    Status.INTERRUPTED: 4}
+
+
+def _kind_description(kind):
+    """A kind and its parameters, for people (``kinds``) and scripts (``kinds --json``)."""
+    params = []
+    for name, field in kind.form().fields.items():
+        choices = [value for value, _ in getattr(field, "choices", [])] or None
+        params.append({"name": name, "type": _field_type(field), "required": field.required,
+                       "default": field.initial if field.initial not in ("",) else None,
+                       "help": str(field.help_text), "choices": choices})
+    return {"name": kind.name, "label": str(kind.label), "description": str(kind.description),
+            "progress_unit": kind.progress_unit, "params": params}
+
+
+def _field_type(field):
+    for form_class, name in ((forms.FileField, "file"), (forms.BooleanField, "boolean"),
+                             (forms.IntegerField, "integer"), (forms.FloatField, "number"),
+                             (forms.DecimalField, "number"), (forms.JSONField, "json"),
+                             (forms.ChoiceField, "choice")):
+        if isinstance(field, form_class):
+            return name
+    return "string"
 
 
 def _bar(operation, width=30):

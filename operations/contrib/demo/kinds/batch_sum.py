@@ -12,6 +12,7 @@ import time
 from celery import group
 from django import forms
 
+from operations import BoundedJSONField
 from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, register_kind
 from operations.workflow import step
 
@@ -36,7 +37,7 @@ def _number(value):
 
 
 class BatchSumForm(KindForm):
-    tasks = forms.JSONField(help_text='A list of {"paramA": number, "paramB": number}.')
+    tasks = BoundedJSONField(help_text='A list of {"paramA": number, "paramB": number}.')
     min_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
                                    help_text="Each task takes at least this long.")
     max_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
