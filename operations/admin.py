@@ -43,7 +43,7 @@ class OperationAdmin(admin.ModelAdmin):
     show_full_result_count = False  # COUNT(*) over 100k rows on every page view adds nothing
     actions = ["pause", "resume", "cancel", "retry"]
     inlines = [OperationEventInline]
-    fields = ("kind", "owner", "status_badge", "progress_bar", "params", "result", "error", "run_token",
+    fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
               "remaining_workflow", "heartbeat_at", "sign_of_life", "resume_at", "deaths", "auto_resumes",
               "created_at", "started_at", "finished_at", "updated_at")
     readonly_fields = fields
@@ -95,6 +95,11 @@ class OperationAdmin(admin.ModelAdmin):
     @admin.display(description="last change", ordering="updated_at")
     def last_change(self, obj):
         return obj.updated_at
+
+    @admin.display(description="params")
+    def parameters(self, obj):
+        """The parameters without those the kind keeps from people (server paths)."""
+        return format_html("<pre class='tap-json'>{}</pre>", json.dumps(selectors.shown_params(obj), indent=2, default=str))
 
     @admin.display(description="remaining workflow")
     def remaining_workflow(self, obj):

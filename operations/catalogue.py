@@ -129,6 +129,9 @@ class Kind:
     prepare: Callable[[dict, Any], dict] | None = None
     #: How an interrupted operation comes back (None: the settings' defaults).
     recovery: Recovery | None = None
+    #: Parameters the steps need but no face shows (a server path): pages, admin, API and CLI
+    #: show the others (``selectors.shown_params``).
+    hidden_params: tuple[str, ...] = ()
 
 
     def recovery_policy(self) -> Recovery:

@@ -70,6 +70,10 @@ class BoundedJSONField(forms.JSONField):
         except RecursionError:
             raise ValidationError(too_deep_message(), code="too_deep") from None
 
+    def prepare_value(self, value: Any) -> Any:
+        """An empty field shows empty, not the text ``null``."""
+        return "" if value is None else super().prepare_value(value)
+
     def bound_data(self, data: Any, initial: Any) -> Any:
         """Shown again as the text that was sent (the form is re-rendered with its errors)."""
         try:

@@ -39,16 +39,39 @@ def operation_events(*, operation):
 
 
 def remaining_workflow(operation):
-    """What is left to run: the steps from the head on, the carried value and the in-step cursor."""
+    """What is left to run: the steps from the head on, the carried value and the in-step cursor
+    (a hidden parameter's value, a server path, shows as ``<name>``)."""
     steps = operation.steps
-    return {
+    return _redacted(operation, {
         "next_step": operation.step_index,
         "steps_total": len(steps),
         "pause_every": (operation.workflow or {}).get("pause_every", 1),
         "carry": operation.carry,
         "checkpoint": operation.checkpoint,
         "steps": steps[operation.step_index:],
-    }
+    })
+
+
+def _redacted(operation, value):
+    """``value`` with every string equal to one of the operation's hidden parameters replaced by
+    ``<name>``: a plan's arguments repeat the parameters it was built from."""
+    kind = _kind_or_none(operation)
+    params = operation.params if isinstance(operation.params, dict) else {}
+    secrets = {params[name]: f"<{name}>" for name in (kind.hidden_params if kind else ())
+               if isinstance(params.get(name), str) and params[name]}
+    if not secrets:
+        return value
+
+    def walk(item):
+        if isinstance(item, str):
+            return secrets.get(item, item)
+        if isinstance(item, dict):
+            return {key: walk(child) for key, child in item.items()}
+        if isinstance(item, list):
+            return [walk(child) for child in item]
+        return item
+
+    return walk(value)
 
 
 def operation_is_active(operation):
@@ -96,6 +119,15 @@ def heartbeat_age(operation, now=None):
     if operation.heartbeat_at is None:
         return None
     return max(0.0, ((now or timezone.now()) - operation.heartbeat_at).total_seconds())
+
+
+def shown_params(operation):
+    """The operation's parameters as people may see them: without those its kind hides (server
+    paths; the source's name is shown instead)."""
+    kind = _kind_or_none(operation)
+    hidden = kind.hidden_params if kind else ()
+    params = operation.params if isinstance(operation.params, dict) else {}
+    return {name: value for name, value in params.items() if name not in hidden}
 
 
 def shown_heartbeat_age(operation, now=None):
@@ -168,6 +200,7 @@ def operation_page(operation, user):
         "rate": rate,
         "seconds_left": seconds_left,
         "heartbeat_age": shown_heartbeat_age(operation),
+        "shown_params": shown_params(operation),
         "silence": silence(operation),
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),

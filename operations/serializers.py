@@ -35,6 +35,7 @@ class ProgressSerializer(serializers.Serializer):
 class OperationSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     status_label = serializers.SerializerMethodField()
+    params = serializers.SerializerMethodField()
     progress = ProgressSerializer(source="*", read_only=True)
     created_at = IsoDateTimeField(read_only=True)
     started_at = IsoDateTimeField(read_only=True)
@@ -60,6 +61,10 @@ class OperationSerializer(serializers.ModelSerializer):
 
     def get_status_label(self, operation) -> str:
         return label(operation.status)
+
+    def get_params(self, operation) -> dict:
+        """The parameters, without those the kind keeps from people (server paths)."""
+        return selectors.shown_params(operation)
 
     def get_actions(self, operation) -> list[str]:
         return selectors.operation_actions(operation)

@@ -59,12 +59,12 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
         except InvalidParams as exc:
             form = kind.form(data=request.POST, files=request.FILES)
             form.is_valid()
-            for field, errors in exc.errors.items():
+            for field, errors in exc.errors.items():  # what the form did not find itself, once
+                target = field if field in form.fields else None
+                shown = form.errors.get(field, []) if target else form.non_field_errors()
                 for error in errors:
-                    if field in form.fields and error not in form.errors.get(field, []):
-                        form.add_error(field, error)
-                    elif field not in form.fields:
-                        form.add_error(None, error)
+                    if error not in shown:
+                        form.add_error(target, error)
             return self.render_to_response(self.get_context_data(form=form, kind=kind), status=400)
         except services.OperationError as exc:
             messages.error(request, str(exc))

@@ -24,6 +24,7 @@ from typing import Any, TypeVar, overload
 
 from celery import shared_task
 from celery.canvas import Signature, _chain, chord, group
+from django.utils.crypto import salted_hmac
 
 from .exceptions import WorkflowError
 
@@ -209,12 +210,15 @@ def cache_key(spec, args, kwargs):
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-MEMBER_NAMESPACE = uuid.UUID("5b7f2d0e-6a4c-4f1e-9d3a-2c8b1e7f4a90")
+MEMBER_SALT = "operations.workflow.member_task_id"
 
 
 def member_task_id(operation_id, index, member_index):
-    """The id of a group member, known as soon as the operation exists (clients poll /tasks/<id>)."""
-    return uuid.uuid5(MEMBER_NAMESPACE, f"{operation_id}:{index}:{member_index}")
+    """The id of a group member, known as soon as the operation exists (clients poll /tasks/<id>).
+
+    Keyed with the SECRET_KEY: from sequential operation ids nobody can work out another user's."""
+    digest = salted_hmac(MEMBER_SALT, f"{operation_id}:{index}:{member_index}", algorithm="sha256").digest()
+    return uuid.UUID(bytes=digest[:16], version=4)
 
 
 def is_pause_point(index, plan_pause_every, length):

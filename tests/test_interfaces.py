@@ -1,5 +1,7 @@
 """Pages, API and admin: who may do what, CSRF, methods, refusals, query counts (issue 5)."""
 
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -282,3 +284,41 @@ def test_state_changing_endpoints_are_throttled(people, settings):
     assert client.post("/api/operations/", {"kind": "arithmetic"}, format="json").status_code == 429
     assert client.get(f"/api/operations/{operation.pk}/").status_code == 200  # reads are not throttled
     cache.clear()
+
+
+def test_no_face_shows_a_server_path_only_the_source_name(people, settings, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.TAP_UPLOAD_DIR = str(tmp_path / "uploads")
+    upload = SimpleUploadedFile("march.csv", b"id,name,email,amount,date\n1,A,a@example.com,1.00,2026-01-01\n")
+    api = api_client(people["owner"])
+    created = api.post("/api/operations/", {"kind": "csv_import", "file": upload}, format="multipart")
+    assert created.status_code == 201, created.content
+    operation = Operation.objects.get(pk=created.json()["id"])
+    stored = operation.params["path"]
+    assert str(tmp_path) in stored  # the steps still get the path
+    assert "path" not in created.json()["params"] and created.json()["params"]["source"] == "march.csv"
+    faces = [
+        api.get(f"/api/operations/{operation.pk}/").content.decode(),
+        api.get("/api/operations/").content.decode(),
+        page_client(people["owner"]).get(reverse("operations:detail", args=[operation.pk])).content.decode(),
+    ]
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    faces.append(admin.get(f"/admin/operations/operation/{operation.pk}/change/").content.decode())
+    for text in faces:
+        assert "march.csv" in text
+        assert str(tmp_path) not in text and Path(stored).name not in text
+
+
+def test_the_new_page_forms_say_the_right_things(people):
+    client = page_client(people["owner"])
+    batch = client.get(reverse("operations:new") + "?kind=batch_sum").content.decode()
+    assert ">null<" not in batch and "null</textarea>" not in batch
+    summary = client.get(reverse("operations:new") + "?kind=csv_summary").content.decode()
+    assert "demo-people.csv" in summary and "e.g. demo-records.csv" not in summary
+    response = client.post(reverse("operations:new"), {"kind": "csv_import"})
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert page.count("Give a file to upload, or pick a file on the server.") == 1
+    assert "not both" not in page and not Operation.objects.exists()

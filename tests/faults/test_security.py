@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from operations import services
@@ -162,5 +162,9 @@ def test_another_users_operation_and_batch_tasks_are_invisible(user):
     assert other.get("/api/operations/").json()["results"] == []
     assert [owner.get(url).status_code for url in urls] == [200, 200, 200]
     assert [other.get(url).status_code for url in urls] == [404, 404, 404]
+    unknown = ["/api/operations/999999/", "/grouptasks/999999", f"/tasks/{member_task_id(999999, 0, 0)}"]
+    assert [other.get(url).json() for url in urls] == [owner.get(url).json() for url in unknown]
+    with override_settings(SECRET_KEY="another-key-" + "x" * 50):  # not computable from the operation id alone
+        assert member_task_id(operation.pk, 0, 0) != task_id
     assert other.post(f"/api/operations/{operation.pk}/cancel/").status_code == 404
     assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING

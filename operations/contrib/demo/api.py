@@ -75,6 +75,6 @@ class TaskDetailView(AppAPIView, APIView):
         except ValueError:
             raise Http404 from None
         mine = StepMember.objects.filter(operation__in=selectors.operation_list(user=request.user))
-        if not mine.filter(task_id=task_id).exists() and StepMember.objects.filter(task_id=task_id).exists():
-            raise Http404  # someone else's task
+        if not mine.filter(task_id=task_id).exists():
+            raise Http404  # someone else's, or none: the same answer, so ids cannot be probed
         return Response(task_status(task_id, mine))

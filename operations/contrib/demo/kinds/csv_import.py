@@ -133,6 +133,7 @@ register_kind(Kind(
     label="Import a CSV file",
     description="Loads a CSV of records (id,name,email,amount,date) into the database, chunk by chunk.",
     form=CsvSourceForm,
+    hidden_params=("path",),  # a server path: faces show the source's name
     build=build,
     prepare=prepare_source(RECORD_HEADER),
     compensate=remove_records,

@@ -27,12 +27,16 @@ def server_files():
 class CsvSourceForm(ChunkedForm):
     file = forms.FileField(required=False, help_text="Upload a CSV file.")
     path = forms.CharField(required=False, max_length=255,
-                           help_text="Or the name of a CSV file in the server's CSV folder (e.g. demo-records.csv).")
+                           help_text="Or the name of a CSV file in the server's CSV folder.")
     field_order = ["file", "path"]
     setting_defaults = {"chunk_rows": lambda: conf.CSV_CHUNK_ROWS}
+    #: The demo file of the format this kind reads, named in the help.
+    example_file = "demo-records.csv"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["path"].help_text = (f"Or the name of a CSV file in the server's CSV folder "
+                                         f"(e.g. {self.example_file}).")
         # On the New page, a list of the server's files (the demo files among them).
         self.fields["path"].widget = forms.Select(
             choices=[("", "— or pick a file on the server —")] + [(name, name) for name in server_files()])
@@ -64,9 +68,17 @@ class CsvSourceForm(ChunkedForm):
 
     def clean(self):
         cleaned = super().clean()
-        if not self.errors and bool(cleaned.get("file")) == bool(cleaned.get("path")):
+        if self.errors:
+            return cleaned
+        if cleaned.get("file") and cleaned.get("path"):
             raise forms.ValidationError("Give either a file to upload or the name of a server-side file, not both.")
+        if not cleaned.get("file") and not cleaned.get("path"):
+            raise forms.ValidationError("Give a file to upload, or pick a file on the server.")
         return cleaned
+
+
+class PeopleCsvForm(CsvSourceForm):
+    example_file = "demo-people.csv"
 
 
 def prepare_source(header):

@@ -12,7 +12,7 @@ from operations.workflow import step
 
 from ..csvio import chunks, parse
 from ..files import PEOPLE_HEADER
-from .csv_source import CsvSourceForm, prepare_source
+from .csv_source import PeopleCsvForm, prepare_source
 
 
 @step(name="operations.csv_summary", context=True, atomic=False)
@@ -32,7 +32,8 @@ register_kind(Kind(
     label="Summarize a people CSV",
     description="Counts, per company, the people of each gender in a CSV of "
                 "first_name,last_name,gender,company.",
-    form=CsvSourceForm,
+    form=PeopleCsvForm,
+    hidden_params=("path",),  # a server path: faces show the source's name
     build=lambda p: chain(summarize_csv.si(p["path"], p["source"], p["chunk_rows"], p["rows_per_second"])),
     prepare=prepare_source(PEOPLE_HEADER),
     progress="custom",
