@@ -47,6 +47,7 @@ _EXPORTS = {
     "TransitionRefused": "operations.exceptions",
     "ConcurrencyLimitReached": "operations.exceptions",
     "WorkflowError": "operations.exceptions",
+    "DataError": "operations.exceptions",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
     )
     from .exceptions import (
         ConcurrencyLimitReached as ConcurrencyLimitReached,
+        DataError as DataError,
         InvalidParams as InvalidParams,
         OperationError as OperationError,
         OperationNotFound as OperationNotFound,

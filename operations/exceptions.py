@@ -48,6 +48,12 @@ class WorkflowError(ValueError):
     """A plan that cannot run: the message names the step and what is wrong with it."""
 
 
+class DataError(ValueError):
+    """What a step found wrong with its input (a bad row of a file, say): deterministic, so the step
+    is not retried, the operation fails with this message first, and the worker logs one line, not
+    a traceback. Retrying reads the same input again; the faces say so and offer Start again."""
+
+
 class Fenced(Exception):
     """Internal: a worker's write found the row moved on (new run token, other fence, or not running)."""
 

@@ -85,11 +85,17 @@ def test_a_bad_row_fails_the_import_with_file_line_and_column_and_keeps_only_ear
     bad_row, column, reasons = BAD_ROWS[case]
     name = f"{case}.csv"
     raw_file(name, HEADER + good_rows(range(1, 7)) + bad_row + good_rows(range(8, 12)))
+    logged_before = len(worker.log_text())
     operation = start("csv_import", path=name, chunk_rows=CHUNK)
     failed = wait_settled(operation.pk)
     assert failed.status == Status.FAILED, failed.error
     where = f"{name}, line 8" + (f", column {column}" if column else "")
-    assert f"CsvFileError: {where}: {reasons[connection.vendor]}" in failed.error, failed.error
+    # For people: the data error first, the engine's words after; in the log: one line, no traceback.
+    assert failed.error.startswith(f"{where}: {reasons[connection.vendor]} (step 1 of 1"), failed.error
+    assert "not retried" in failed.error
+    logged = worker.log_text()[logged_before:]
+    assert f"operation {operation.pk}: step 1 of 1 (operations.csv_import): {where}" in logged, logged
+    assert "Traceback" not in logged, logged
     assert stored_ids(operation) == [1, 2, 3, 4]  # the first chunk; nothing of the failing one
     assert failed.checkpoint["rows"] == failed.progress_done == CHUNK
     assert check_operation(operation.pk) == []
@@ -189,7 +195,7 @@ def test_a_bad_row_fails_the_summary_with_its_line(worker, case, bad_row, reason
     operation = start("csv_summary", path=f"{case}.csv", chunk_rows=CHUNK)
     failed = wait_settled(operation.pk)
     assert failed.status == Status.FAILED, failed.error
-    assert f"CsvFileError: {case}.csv, line 8: {reason}" in failed.error, failed.error
+    assert failed.error.startswith(f"{case}.csv, line 8: {reason} (step 1 of 1"), failed.error
     assert failed.result is None
     assert failed.checkpoint["counts"] == {"Acme": {"Female": CHUNK}}  # the failing chunk counted nothing
 

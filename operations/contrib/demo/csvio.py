@@ -11,13 +11,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from operations.exceptions import DataError
+
 from .pacing import Pace
 
 #: A physical line longer than this is refused (no newline would otherwise mean no limit).
 MAX_LINE_BYTES = 1 << 20
 
 
-class CsvFileError(ValueError):
+class CsvFileError(DataError):
     """What is wrong with a CSV file, and where: '<file>, line <n>, column <name>: <reason>'."""
 
     def __init__(self, file, reason, *, line=None, column=None):
