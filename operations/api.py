@@ -32,6 +32,7 @@ from . import __version__, jsonlimits, selectors, services
 from .conf import conf
 from .models import Operation
 from .serializers import OperationListSerializer, OperationSerializer
+from .states import Status
 
 #: The throttle scope of every state change (starts and verbs).
 CONTROL_SCOPE = "operation_control"
@@ -141,6 +142,33 @@ class StartSerializer(serializers.Serializer):
         return value
 
 
+class CommaSeparated(serializers.ListField):
+    """``?status=running,paused`` (or the parameter repeated): a list of choices."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        values = dictionary.getlist(self.field_name) if hasattr(dictionary, "getlist") else []
+        items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+        return items or serializers.empty
+
+
+class ListQuery(serializers.Serializer):
+    """The filters and order of GET /api/operations/; a bad value is a 400 naming the parameter."""
+
+    status = CommaSeparated(child=serializers.ChoiceField(choices=Status.values), required=False,
+                            help_text="One status or several, comma-separated.")
+    kind = CommaSeparated(child=serializers.CharField(), required=False, help_text="One kind or several.")
+    owner = serializers.CharField(required=False, help_text="A username (staff only).")
+    created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
+    created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
+    ordering = serializers.ChoiceField(choices=selectors.LIST_ORDERINGS, required=False, default="-created_at")
+
+    def validate_owner(self, value: str) -> str:
+        user = self.context["request"].user
+        if not user.is_staff:
+            raise serializers.ValidationError("only staff may list other users' operations")
+        return value
+
+
 class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Operations you own (staff: all). POST starts one; POST …/<verb>/ pauses, resumes, cancels, retries."""
 
@@ -149,7 +177,15 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     pagination_class = OperationPage
 
     def get_queryset(self):
-        return selectors.operation_list(user=self.request.user)
+        if self.action != "list":
+            return selectors.operation_list(user=self.request.user)
+        query = ListQuery(data=self.request.query_params, context={"request": self.request})
+        query.is_valid(raise_exception=True)
+        return selectors.operation_list(user=self.request.user, **query.validated_data)
+
+    @described(parameters=[ListQuery])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
 
     def get_serializer_class(self):
         return OperationListSerializer if self.action == "list" else OperationSerializer

@@ -7,16 +7,30 @@ from .conf import conf, heartbeat_interval
 from .models import Operation, OperationEvent, StepMember
 from .states import ACTIVE, TERMINAL, Status, legal_verbs
 
+#: The orders a list may be read in (the API's ``?ordering=``); newest first by default.
+LIST_ORDERINGS = ("-created_at", "created_at", "-updated_at", "updated_at", "-id", "id")
 
-def operation_list(*, user=None, status=None, kind=None, mine=False):
-    """Newest first; a non-staff user (or anyone, with ``mine``) sees only their own operations."""
-    queryset = Operation.objects.select_related("owner").order_by("-created_at", "-id")
+
+def operation_list(*, user=None, status=None, kind=None, mine=False, owner=None, created_after=None,
+                   created_before=None, ordering="-created_at"):
+    """Newest first; a non-staff user (or anyone, with ``mine``) sees only their own operations.
+
+    ``status`` and ``kind`` may be one value or a list of them; ``owner`` (a username) narrows a
+    staff member's view; ``created_after`` / ``created_before`` bound the creation time."""
+    tiebreak = "id" if ordering.lstrip("-") == "id" else ("-id" if ordering.startswith("-") else "id")
+    queryset = Operation.objects.select_related("owner").order_by(ordering, tiebreak)
     if user is not None and (mine or not user.is_staff):
         queryset = queryset.filter(owner=user)
     if status:
-        queryset = queryset.filter(status=status)
+        queryset = queryset.filter(status__in=[status] if isinstance(status, str) else status)
     if kind:
-        queryset = queryset.filter(kind=kind)
+        queryset = queryset.filter(kind__in=[kind] if isinstance(kind, str) else kind)
+    if owner:
+        queryset = queryset.filter(owner__username=owner)
+    if created_after:
+        queryset = queryset.filter(created_at__gte=created_after)
+    if created_before:
+        queryset = queryset.filter(created_at__lt=created_before)
     return queryset
 
 

@@ -322,3 +322,29 @@ def test_the_new_page_forms_say_the_right_things(people):
     assert response.status_code == 400
     assert page.count("Give a file to upload, or pick a file on the server.") == 1
     assert "not both" not in page and not Operation.objects.exists()
+
+
+def test_the_api_list_filters_and_orders_and_refuses_bad_filters_by_name(people):
+    mine = [operation_in(Status.RUNNING, people["owner"]), operation_in(Status.PAUSED, people["owner"]),
+            operation_in(Status.COMPLETED, people["owner"])]
+    theirs = operation_in(Status.RUNNING, people["other"])
+    api = api_client(people["owner"])
+
+    def ids(query):
+        response = api.get(f"/api/operations/?{query}")
+        assert response.status_code == 200, response.content
+        return [item["id"] for item in response.json()["results"]]
+
+    assert ids("") == [op.pk for op in reversed(mine)]
+    assert ids("ordering=created_at") == [op.pk for op in mine]
+    assert ids("status=paused") == [mine[1].pk]
+    assert ids("status=running,completed") == [mine[2].pk, mine[0].pk]
+    assert ids("kind=arithmetic&status=running") == [mine[0].pk]
+    assert ids("kind=csv_import") == []
+    assert ids(f"created_after={mine[1].created_at.isoformat().replace('+', '%2B')}") == [mine[2].pk, mine[1].pk]
+    bad = api.get("/api/operations/?status=sleeping&ordering=colour&created_after=yesterday")
+    assert bad.status_code == 400 and set(bad.json()) == {"status", "ordering", "created_after"}, bad.json()
+    assert "owner" in api.get("/api/operations/?owner=other").json()  # staff only
+    staff = api_client(people["staff_with"])
+    listed = staff.get("/api/operations/?owner=other").json()["results"]
+    assert [item["id"] for item in listed] == [theirs.pk]

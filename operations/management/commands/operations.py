@@ -41,6 +41,7 @@ class Command(BaseCommand):
 
         listing = verbs.add_parser("list", help="list operations, newest first")
         listing.add_argument("--status", choices=Status.values)
+        listing.add_argument("--kind")
         listing.add_argument("--json", action="store_true")
 
         show = verbs.add_parser("show", help="show one operation")
@@ -122,8 +123,8 @@ class Command(BaseCommand):
         else:
             self.stdout.write(str(operation.pk))
 
-    def do_list(self, status, json, **options):
-        operations = selectors.operation_list(status=status)
+    def do_list(self, status, kind, json, **options):
+        operations = selectors.operation_list(status=status, kind=kind)
         if json:
             self._json(OperationListSerializer(operations, many=True).data)
             return
