@@ -3,7 +3,10 @@
 import json
 
 from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from . import selectors, services
@@ -15,7 +18,7 @@ MAX_STEPS_SHOWN = 50
 
 class OperationEventInline(admin.TabularInline):
     model = OperationEvent
-    fields = ("at", "actor", "via", "from_status", "to_status", "note")
+    fields = ("when", "actor", "via", "change", "note")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -29,6 +32,19 @@ class OperationEventInline(admin.TabularInline):
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("operations.view_operation")  # the history is part of the operation
+
+    @admin.display(description="when", ordering="at")
+    def when(self, event):
+        """To the second (the admin's default format stops at the minute; events come seconds apart)."""
+        return format_html('<time datetime="{}">{}</time>', event.at.isoformat(),
+                           timezone.localtime(event.at).strftime("%Y-%m-%d %H:%M:%S"))
+
+    @admin.display(description="change")
+    def change(self, event):
+        """Status labels, as the pages show them; a note (no status change) shows its status once."""
+        if event.from_status and event.from_status != event.to_status:
+            return f"{label(event.from_status)} → {label(event.to_status)}"
+        return label(event.to_status)
 
 
 @admin.register(Operation)
@@ -44,8 +60,8 @@ class OperationAdmin(admin.ModelAdmin):
     actions = ["pause", "resume", "cancel", "retry"]
     inlines = [OperationEventInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
-              "remaining_workflow", "heartbeat_at", "sign_of_life", "resume_at", "deaths", "auto_resumes",
-              "created_at", "started_at", "finished_at", "updated_at")
+              "remaining_workflow", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
+              "created", "started", "finished", "duration", "updated")
     readonly_fields = fields
 
     class Media:
@@ -53,6 +69,20 @@ class OperationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # operations start from the pages, the API or the CLI, with their parameters checked
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The operation's page, with the verbs that apply now and that this user may use as buttons."""
+        operation = self.get_object(request, object_id)
+        actions = selectors.operation_actions(operation, request.user) if operation else []
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "tap_actions": actions})
+
+    def response_action(self, request, queryset):
+        """A verb pressed on an operation's page goes back to that page, not to the list."""
+        response = super().response_action(request, queryset)
+        back = request.POST.get("_back_to_change", "")
+        if back.isdigit() and isinstance(response, HttpResponseRedirect):
+            return HttpResponseRedirect(reverse("admin:operations_operation_change", args=[int(back)]))
+        return response
 
     def get_deleted_objects(self, objs, request):
         """What a delete removes, as counts: Django's own list names every related row (a million
@@ -95,6 +125,38 @@ class OperationAdmin(admin.ModelAdmin):
     @admin.display(description="last change", ordering="updated_at")
     def last_change(self, obj):
         return obj.updated_at
+
+    @admin.display(description="heartbeat at")
+    def heartbeat(self, obj):
+        return _to_the_second(obj.heartbeat_at)
+
+    @admin.display(description="resumes by itself at")
+    def resumes_at(self, obj):
+        return _to_the_second(obj.resume_at)
+
+    @admin.display(description="created")
+    def created(self, obj):
+        return _to_the_second(obj.created_at)
+
+    @admin.display(description="started")
+    def started(self, obj):
+        return _to_the_second(obj.started_at)
+
+    @admin.display(description="finished")
+    def finished(self, obj):
+        return _to_the_second(obj.finished_at)
+
+    @admin.display(description="updated")
+    def updated(self, obj):
+        return _to_the_second(obj.updated_at)
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        """From start to finish, or to now while it is not finished."""
+        if obj.started_at is None:
+            return "—"
+        end = obj.finished_at or timezone.now()
+        return selectors.human_duration(max(0.0, (end - obj.started_at).total_seconds()))
 
     @admin.display(description="params")
     def parameters(self, obj):
@@ -139,6 +201,7 @@ class OperationAdmin(admin.ModelAdmin):
                 **self.admin_site.each_context(request), "title": "Cancel operations?", "opts": self.model._meta,
                 "operations": [(op, selectors.operation_cancel_effect(op)) for op in queryset],
                 "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "back_to_change": request.POST.get("_back_to_change", ""),
             })
         self._apply(request, queryset, "cancel")
 
@@ -153,3 +216,7 @@ class OperationAdmin(admin.ModelAdmin):
 
     def has_retry_permission(self, request):
         return request.user.has_perm("operations.retry_operation")
+
+
+def _to_the_second(moment):
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"

@@ -1,5 +1,6 @@
 """Pages, API and admin: who may do what, CSRF, methods, refusals, query counts (issue 5)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -248,8 +249,26 @@ def test_admin_change_page_is_read_only_with_workflow_and_history(people):
     page = page_client(people["staff_with"]).get(
         reverse("admin:operations_operation_change", args=[operation.pk])).content.decode()
     assert "operations.mult" in page and "next_step" in page  # the remaining workflow
-    assert "pause_requested" in page or "Pause requested" in page  # the history inline
+    assert "Running → Pause requested" in page and "Pause requested → Paused" in page  # labels, not codes
+    assert re.search(r"<time datetime=[^>]+>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</time>", page)  # to the second
     assert 'name="_save"' not in page
+    assert re.findall(r'data-verb="(\w+)"', page) == ["resume", "cancel"]  # the legal verbs as buttons
+
+
+def test_admin_change_page_buttons_run_the_verb_and_come_back(people):
+    operation = operation_in(Status.PAUSED, people["owner"])
+    client = page_client(people["staff_with"])
+    change = reverse("admin:operations_operation_change", args=[operation.pk])
+    form = {"action": "resume", "_selected_action": operation.pk, "_back_to_change": operation.pk}
+    response = client.post(reverse("admin:operations_operation_changelist"), form)
+    assert response.status_code == 302 and response["Location"] == change
+    assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING
+    asked = client.post(reverse("admin:operations_operation_changelist"), {**form, "action": "cancel"})
+    assert asked.status_code == 200 and "Yes, cancel them" in asked.content.decode()  # asks first
+    assert f'name="_back_to_change" value="{operation.pk}"' in asked.content.decode()
+    assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING
+    viewer = page_client(people["staff_without"]).get(change).content.decode()
+    assert "data-verb=" not in viewer  # no permission, no buttons
 
 
 def _many_operations(owner, count):
