@@ -9,7 +9,7 @@ DEMO_ROWS ?= 1000000
 REQS := requirements/base.txt requirements/dev.txt pyproject.toml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq lint faults faults-pg faults-sqlite bench bench-smoke clean
+.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq lint faults faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq faults-restarts bench bench-smoke clean
 
 $(STAMP): $(REQS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -45,27 +45,41 @@ test-pg-rabbitmq: install
 
 # The long randomized fault suite (10 seeds per fault, a long control storm, a 10M-row import) on
 # every backend; it rewrites docs/reliability.md. `make test` runs one round of the same suite.
-# The embedded default's session uses no server, so it runs beside the PostgreSQL ones (whose
-# faults stop PostgreSQL and Redis, so those two run one after the other).
+# Four sessions run side by side, each in a test slot of its own (database, Redis database,
+# queue, var/ folder): the embedded default, PostgreSQL + Redis, the partitions (PostgreSQL +
+# Redis, worker in a network namespace) and PostgreSQL + RabbitMQ. The faults that stop
+# PostgreSQL or Redis for everyone (marked restarts_services) run afterwards, alone.
 FAULT_ROUNDS ?= 10
 STORM_COMMANDS ?= 5000
 SCALE_ROWS ?= 10000000
 FAULT_ENV = TAP_FAULT_ROUNDS=$(FAULT_ROUNDS) TAP_STORM_COMMANDS=$(STORM_COMMANDS) TAP_SCALE_ROWS=$(SCALE_ROWS)
+FAULT_PYTEST = $(BIN)/python -m pytest -p no:cacheprovider
 faults: install
 	rm -rf var/faults
-	-$(MAKE) --no-print-directory -j2 faults-pg faults-sqlite
+	-$(MAKE) --no-print-directory -j4 faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq
+	-$(MAKE) --no-print-directory faults-restarts
 	$(BIN)/python -m tests.faults.report > docs/reliability.md
 	@echo "docs/reliability.md written"
 
-faults-pg: install
-	-$(FAULT_ENV) TAP_TEST_BACKEND=pg-redis \
-	  $(BIN)/python -m pytest -m integration tests/faults --junitxml=var/faults/junit-pg-redis.xml
-	-$(FAULT_ENV) TAP_TEST_BACKEND=pg-rabbitmq \
-	  $(BIN)/python -m pytest -m integration tests/faults --junitxml=var/faults/junit-pg-rabbitmq.xml
-
 faults-sqlite: install
 	-$(FAULT_ENV) TAP_TEST_BACKEND=sqlite-fs \
-	  $(BIN)/python -m pytest tests/faults --junitxml=var/faults/junit-sqlite-fs.xml
+	  $(FAULT_PYTEST) tests/faults --junitxml=var/faults/junit-sqlite-fs.xml
+
+faults-pg-redis: install
+	-$(FAULT_ENV) TAP_TEST_SLOT=1 TAP_TEST_BACKEND=pg-redis $(FAULT_PYTEST) -m "integration and not restarts_services" \
+	  tests/faults --ignore=tests/faults/test_partitions.py --junitxml=var/faults/junit-pg-redis.xml
+
+faults-partitions: install
+	-$(FAULT_ENV) TAP_TEST_SLOT=2 TAP_TEST_BACKEND=pg-redis $(FAULT_PYTEST) -m integration \
+	  tests/faults/test_partitions.py --junitxml=var/faults/junit-pg-redis-partitions.xml
+
+faults-pg-rabbitmq: install
+	-$(FAULT_ENV) TAP_TEST_SLOT=3 TAP_TEST_BACKEND=pg-rabbitmq $(FAULT_PYTEST) -m "integration and not restarts_services" \
+	  tests/faults --junitxml=var/faults/junit-pg-rabbitmq.xml
+
+faults-restarts: install
+	-$(FAULT_ENV) TAP_TEST_SLOT=1 TAP_TEST_BACKEND=pg-redis $(FAULT_PYTEST) -m "integration and restarts_services" \
+	  tests/faults --junitxml=var/faults/junit-pg-redis-restarts.xml
 
 # Benchmarks (reports, not tests): they need PostgreSQL and Redis on 127.0.0.1.
 bench: install

@@ -248,6 +248,7 @@ def running_pool_child(worker, rng):
     return max(rng.sample(children, len(children)), key=used.get)
 
 
+@pytest.mark.restarts_services
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
@@ -262,6 +263,7 @@ def test_redis_restarted_without_persistence(worker, beat, workload_name, seed):
     verdict("redis-restart", workload, seed, operation_id, outcome, started)
 
 
+@pytest.mark.restarts_services
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
@@ -278,6 +280,7 @@ def test_postgres_crashes_mid_chunk(worker, beat, workload_name, seed):
             restarts=int(main is None or main.pid != pid))
 
 
+@pytest.mark.restarts_services
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)
