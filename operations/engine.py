@@ -83,8 +83,15 @@ class Heartbeat:
         try:
             yield
         finally:
-            with self._lock:
-                self._active.pop(key, None)
+            self.release(operation_id, run_token)
+
+    def release(self, operation_id, run_token):
+        """Stop beating for the run in this process: its step committed its advance, and from then
+        on only the next step's claim may say the operation is alive. Beating on while the next
+        message is published would hide a publish that hangs (a broker cut off, tests/faults/
+        test_partitions.py) from beat's reconciler for as long as the publish hangs."""
+        with self._lock:
+            self._active.pop((operation_id, run_token), None)
 
     def _ensure_thread(self):
         if self._pid == os.getpid():
@@ -178,6 +185,9 @@ class Run:
         """Inside the step's transaction: move past step ``index``, then dispatch or stop."""
         status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
                                        count_step=self.count_steps)
+        # Registered before the dispatch, so it runs first on commit: the heartbeat stops before
+        # the publish of the next message, which may hang.
+        transaction.on_commit(lambda: heartbeat.release(self.operation_id, self.run_token))
         following = index + 1
         stops = following >= self.length or (
             status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length))

@@ -5,7 +5,13 @@
   process the watchdog that notices a wedged pool (``operations.watchdog``);
 - PostgreSQL sessions of worker processes get ``idle_in_transaction_session_timeout``, so that a
   worker frozen inside a transaction (SIGSTOP, a hung host) cannot hold its rows' locks past the
-  heartbeat lease: the server ends that session and a resumed run can take the rows over.
+  heartbeat lease: the server ends that session and a resumed run can take the rows over;
+- … and TCP keepalives and a user timeout that end the session within the same time when the
+  worker's host is gone without a word (a network partition, a host that lost power). The
+  idle-in-transaction timeout does not cover that: a session cut off in the middle of a COPY is
+  *active*, waiting for the rest of the data, and would hold the rows it already took — the
+  resumed run's replay of that chunk waits on them — for the server's default keepalive of 2 h
+  (tests/faults/test_partitions.py).
 
 Each is on by default and can be turned off by a setting (docs/settings.md).
 """
@@ -72,15 +78,46 @@ def idle_in_transaction_timeout_ms() -> int:
     return int(seconds * 1000)
 
 
+#: Keepalive probes the server sends to a silent worker before it gives up on it.
+KEEPALIVE_PROBES = 3
+
+
+def dead_client_settings(timeout_ms: int) -> dict[str, str]:
+    """Server-side TCP settings that end a worker's session within ``timeout_ms`` of its host going
+    silent: keepalive probes from half of it on, and a user timeout for what the server sent and
+    the worker never acknowledged (keepalives do not run while such data waits).
+
+    A live worker's kernel answers the probes even when the worker is frozen or busy, so only a
+    host that is gone (or cut off) loses its session.
+    """
+    seconds = max(2, timeout_ms // 1000)
+    idle = seconds // 2
+    interval = max(1, (seconds - idle) // KEEPALIVE_PROBES)
+    return {"tcp_keepalives_idle": str(idle), "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": str(KEEPALIVE_PROBES), "tcp_user_timeout": f"{seconds * 1000}ms"}
+
+
+def session_settings(connection: Any) -> dict[str, str]:
+    """The settings a worker's PostgreSQL session gets, less those the host set in ``OPTIONS``:
+    all follow TAP_IDLE_IN_TRANSACTION_TIMEOUT (how long a stuck worker session may keep its
+    locks), and none is set when it is 0."""
+    if connection.vendor != "postgresql":
+        return {}
+    timeout = idle_in_transaction_timeout_ms()
+    if not timeout:
+        return {}
+    options = str(connection.settings_dict.get("OPTIONS", {}).get("options", ""))
+    wanted = {"idle_in_transaction_session_timeout": f"{timeout}ms", **dead_client_settings(timeout)}
+    return {name: value for name, value in wanted.items() if name not in options}
+
+
 def session_settings_sql(connection: Any) -> tuple[str, list[Any]] | None:
     """The statement that sets up a worker's PostgreSQL session, or None when there is none to run."""
-    if connection.vendor != "postgresql":
+    settings = session_settings(connection)
+    if not settings:
         return None
-    timeout = idle_in_transaction_timeout_ms()
-    options = str(connection.settings_dict.get("OPTIONS", {}).get("options", ""))
-    if not timeout or "idle_in_transaction_session_timeout" in options:  # off, or the host set it
-        return None
-    return "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", [f"{timeout}ms"]
+    calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
+    return f"SELECT {calls}", [part for item in settings.items() for part in item]
 
 
 def _session_settings(sender: Any, connection: Any, **kwargs: Any) -> None:

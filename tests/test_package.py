@@ -132,13 +132,34 @@ class _Connection:
 
 def test_worker_sessions_get_the_lease_as_idle_in_transaction_timeout(settings):
     settings.TAP_HEARTBEAT_LEASE = 120
-    assert integration.session_settings_sql(_Connection("postgresql")) == (
-        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", ["120000ms"])
+    assert integration.session_settings(_Connection("postgresql"))["idle_in_transaction_session_timeout"] == "120000ms"
+    sql, params = integration.session_settings_sql(_Connection("postgresql"))
+    assert sql == "SELECT " + ", ".join(["set_config(%s, %s, false)"] * 5)
+    assert params[:2] == ["idle_in_transaction_session_timeout", "120000ms"]
     settings.TAP_IDLE_IN_TRANSACTION_TIMEOUT = 30
-    assert integration.session_settings_sql(_Connection("postgresql"))[1] == ["30000ms"]
-    settings.TAP_IDLE_IN_TRANSACTION_TIMEOUT = 0  # off
+    assert integration.session_settings(_Connection("postgresql"))["idle_in_transaction_session_timeout"] == "30000ms"
+    settings.TAP_IDLE_IN_TRANSACTION_TIMEOUT = 0  # off: the server's settings stay, keepalives too
     assert integration.session_settings_sql(_Connection("postgresql")) is None
     del settings.TAP_IDLE_IN_TRANSACTION_TIMEOUT
     host_choice = {"options": "-c idle_in_transaction_session_timeout=5000"}
-    assert integration.session_settings_sql(_Connection("postgresql", host_choice)) is None
+    assert "idle_in_transaction_session_timeout" not in integration.session_settings(_Connection("postgresql", host_choice))
     assert integration.session_settings_sql(_Connection("sqlite")) is None
+
+
+def test_worker_sessions_are_ended_by_the_server_within_the_lease_when_their_host_vanishes(settings):
+    """A session cut off mid-COPY is active, not idle in a transaction: the server's TCP keepalives
+    and user timeout end it (tests/faults/test_partitions.py), within the same time."""
+    settings.TAP_HEARTBEAT_LEASE = 120
+    assert {name: value for name, value in integration.session_settings(_Connection("postgresql")).items()
+            if name.startswith("tcp_")} == {
+        "tcp_keepalives_idle": "60", "tcp_keepalives_interval": "20", "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "120000ms"}
+    for seconds in (6, 7, 30, 120, 3600):  # idle + count × interval does not exceed the timeout
+        tcp = integration.dead_client_settings(seconds * 1000)
+        idle, interval, count = (int(tcp[f"tcp_keepalives_{n}"]) for n in ("idle", "interval", "count"))
+        assert idle >= 1 and interval >= 1 and idle + count * interval <= seconds
+        assert tcp["tcp_user_timeout"] == f"{seconds * 1000}ms"
+    assert integration.dead_client_settings(500)["tcp_user_timeout"] == "2000ms"  # whole seconds, 2 at least
+    host_choice = {"options": "-c tcp_keepalives_idle=300"}
+    chosen = integration.session_settings(_Connection("postgresql", host_choice))
+    assert "tcp_keepalives_idle" not in chosen and "tcp_user_timeout" in chosen

@@ -12,6 +12,7 @@ from celery import chain
 from django.db import DatabaseError, IntegrityError, transaction
 
 from operations.catalogue import AUTO_RECOVERY, Kind, register_kind
+from operations.outages import is_outage
 from operations.workflow import step
 
 from ..conf import conf
@@ -48,12 +49,12 @@ def load_chunk(operation_id, chunk, source):
             pieces = [b"".join(prefix + record for record in chunk.records)]
         try:
             copy_csv(Record, Record.COLUMNS, pieces)
-        except DatabaseError as exc:
-            raise copy_error(exc.__cause__ or exc, chunk, source, CSV_COLUMN, RECORD_HEADER) from None
         except Exception as exc:
-            if type(exc).__module__.startswith("psycopg"):
-                raise copy_error(exc, chunk, source, CSV_COLUMN, RECORD_HEADER) from None
-            raise
+            # A bad row is the file's fault; a lost connection or a full disk is an outage, which
+            # the engine leaves to the reconciler instead of failing the import (operations/outages.py).
+            if is_outage(exc) or not (isinstance(exc, DatabaseError) or type(exc).__module__.startswith("psycopg")):
+                raise
+            raise copy_error(exc.__cause__ or exc, chunk, source, CSV_COLUMN, RECORD_HEADER) from None
         return
     rows = [(operation_id, *validated(line, fields, source))
             for line, fields in parse(chunk, len(RECORD_HEADER), source, RECORD_HEADER)]
