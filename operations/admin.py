@@ -66,6 +66,7 @@ class OperationAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["operations/admin.css"]}
+        js = ["operations/admin-live.js"]  # the changelist and the operation's page refresh themselves
 
     def has_add_permission(self, request):
         return False  # operations start from the pages, the API or the CLI, with their parameters checked

@@ -135,6 +135,21 @@ def heartbeat_age(operation, now=None):
     return max(0.0, ((now or timezone.now()) - operation.heartbeat_at).total_seconds())
 
 
+#: How often an open page asks again (seconds): fast while it moves, slower while it waits for a
+#: person or for beat (a resume from the CLI or another tab still shows within ~2 s), never once
+#: it is over.
+POLL_ACTIVE, POLL_WAITING = 1, 2
+
+
+def poll_seconds(operation):
+    """How often the operation's page refreshes its live part; None once nothing can change it."""
+    if operation.status in ACTIVE:
+        return POLL_ACTIVE
+    if operation.status in TERMINAL:
+        return None
+    return POLL_WAITING
+
+
 def shown_params(operation):
     """The operation's parameters as people may see them: without those its kind hides (server
     paths; the source's name is shown instead)."""
@@ -208,6 +223,7 @@ def operation_page(operation, user):
         "events": events,
         "actions": operation_actions(operation, user),
         "is_active": operation.status in ACTIVE,
+        "poll_seconds": poll_seconds(operation),
         "is_terminal": operation.status in TERMINAL,
         "kind_label": kind.label if kind else operation.kind,
         "unit": kind.progress_unit if kind else "steps",

@@ -129,7 +129,9 @@ class OperationControlView(VisibleOperationMixin, View):
         except services.OperationError as exc:
             messages.warning(request, str(exc))
             return redirect("operations:detail", pk=operation.pk)
-        messages.success(request, f"Operation {operation.pk}: {OUTCOME.get(changed.status, label(changed.status))}")
+        # Tagged with the status it describes: the page drops it once the live part shows another.
+        messages.success(request, f"Operation {operation.pk}: {OUTCOME.get(changed.status, label(changed.status))}",
+                         extra_tags=f"tap-status-{changed.status}")
         back = request.POST.get("next", "")
         if not url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):
             back = reverse("operations:detail", args=[operation.pk])

@@ -123,3 +123,46 @@ def test_admin_pauses_three_running_operations(page):
     shot(page, "admin-changelist")
     for operation in running:
         services.operation_cancel(operation=operation, actor="cli")
+
+
+def test_a_resume_from_the_cli_shows_on_open_pages_without_a_reload(page, subprocess_env):
+    """Issue 12: the paused detail page, /operations/ and the admin changelist follow a resume
+    made elsewhere (here the CLI) within 3 s; the stale "pause requested" flash goes away."""
+    import subprocess
+    import sys
+
+    from tests.support.worker import ROOT
+
+    User.objects.create_superuser("watcher", password="pw-watcher-12345")
+    page.goto("/admin/login/?next=/operations/")
+    page.fill("#id_username", "watcher")
+    page.fill("#id_password", "pw-watcher-12345")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/operations/")
+
+    operation = services.operation_start(kind="arithmetic", params={"steps": 40, "delay": 0.4},
+                                         owner=User.objects.get(username="watcher"), actor="cli")
+    page.goto(f"/operations/{operation.pk}/")
+    page.click("#live button:has-text('Pause')")
+    page.locator("#live [data-status=paused]").wait_for()
+    page.wait_for_function("() => !document.querySelector('ul.messages li.tap-status-pause_requested')")
+    assert page.locator("li.message").count() == 0  # the "pause requested" flash, overtaken: gone
+
+    listing, admin, change = page.context.new_page(), page.context.new_page(), page.context.new_page()
+    change.goto(f"/admin/operations/operation/{operation.pk}/change/")
+    change.locator(".tap-badge", has_text="Paused").first.wait_for()
+    assert change.locator("button[data-verb=resume]").count() == 1
+    listing.goto("/operations/")
+    listing.locator(f"[data-operation='{operation.pk}'][data-status=paused]").wait_for()
+    admin.goto("/admin/operations/operation/")
+    admin.locator("#result_list .tap-badge", has_text="Paused").first.wait_for()
+
+    resumed = subprocess.run([sys.executable, "manage.py", "operations", "resume", str(operation.pk)], cwd=ROOT,
+                             env=subprocess_env, capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    page.locator("#live [data-status=running]").wait_for(timeout=3_000)
+    listing.locator(f"[data-operation='{operation.pk}'][data-status=running]").wait_for(timeout=3_000)
+    admin.locator("#result_list .tap-badge", has_text="Running").first.wait_for(timeout=3_000)
+    change.locator(".tap-badge", has_text="Running").first.wait_for(timeout=3_000)
+    assert change.locator("button[data-verb=pause]").count() == 1  # the buttons follow the status
+    services.operation_cancel(operation=operation.pk, actor="cli")

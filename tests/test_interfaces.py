@@ -367,3 +367,19 @@ def test_the_api_list_filters_and_orders_and_refuses_bad_filters_by_name(people)
     staff = api_client(people["staff_with"])
     listed = staff.get("/api/operations/?owner=other").json()["results"]
     assert [item["id"] for item in listed] == [theirs.pk]
+
+
+def test_pages_stay_live_until_nothing_can_change_them(people):
+    client = page_client(people["owner"])
+    paused = operation_in(Status.PAUSED, people["owner"])
+    running = operation_in(Status.RUNNING, people["owner"])
+    done = operation_in(Status.COMPLETED, people["owner"])
+    pages = {op.status: client.get(reverse("operations:detail", args=[op.pk])).content.decode()
+             for op in (paused, running, done)}
+    assert 'hx-trigger="every 1s"' in pages[Status.RUNNING]
+    assert 'hx-trigger="every 2s"' in pages[Status.PAUSED]  # a resume from elsewhere still shows
+    assert "hx-trigger" not in pages[Status.COMPLETED]
+    listing = client.get(reverse("operations:list")).content.decode()
+    assert 'hx-select="#operation-rows"' in listing and 'hx-trigger="every 2s"' in listing
+    staff = page_client(people["staff_with"])
+    assert "operations/admin-live.js" in staff.get(reverse("admin:operations_operation_changelist")).content.decode()
