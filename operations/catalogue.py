@@ -132,6 +132,9 @@ class Kind:
     #: Parameters the steps need but no face shows (a server path): pages, admin, API and CLI
     #: show the others (``selectors.shown_params``).
     hidden_params: tuple[str, ...] = ()
+    #: result → (column names, rows): how people read the result, as a table on the page and a
+    #: CSV download (None: the result is shown as JSON, and downloadable whole).
+    result_table: Callable[[Any], tuple[list[str], list[list[Any]]]] | None = None
 
 
     def recovery_policy(self) -> Recovery:

@@ -150,6 +150,18 @@ def poll_seconds(operation):
     return POLL_WAITING
 
 
+#: The result shown inline on the page, in characters of JSON; the download has all of it.
+RESULT_SHOWN_CHARS = 2000
+
+
+def result_table(operation):
+    """(columns, rows) of the operation's result as its kind lays it out, or None."""
+    kind = _kind_or_none(operation)
+    if operation.result is None or kind is None or kind.result_table is None:
+        return None
+    return kind.result_table(operation.result)
+
+
 def shown_params(operation):
     """The operation's parameters as people may see them: without those its kind hides (server
     paths; the source's name is shown instead)."""
@@ -231,6 +243,7 @@ def operation_page(operation, user):
         "seconds_left": seconds_left,
         "heartbeat_age": shown_heartbeat_age(operation),
         "shown_params": shown_params(operation),
+        "result_table": result_table(operation),
         "silence": silence(operation),
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),

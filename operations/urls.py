@@ -9,6 +9,7 @@ urlpatterns = [
     path("new/", views.OperationCreateView.as_view(), name="new"),
     path("<int:pk>/", views.OperationDetailView.as_view(), name="detail"),
     path("<int:pk>/progress/", views.OperationProgressView.as_view(), name="progress"),
+    path("<int:pk>/result.<str:fmt>", views.OperationResultView.as_view(), name="result"),
     path("<int:pk>/cancel/confirm/", views.OperationCancelConfirmView.as_view(), name="cancel-confirm"),
     *[path(f"<int:pk>/{verb}/", views.OperationControlView.as_view(verb=verb), name=verb)
       for verb in ("pause", "resume", "cancel", "retry")],

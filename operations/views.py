@@ -1,9 +1,12 @@
 """Server-rendered pages: list, start, watch and control your operations. Thin: services do the work."""
 
+import csv
+import json
+
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -105,6 +108,28 @@ class OperationProgressView(OperationDetailView):
     """The live part of the detail page, polled by htmx while the operation moves."""
 
     template_name = "operations/_live.html"
+
+
+class OperationResultView(VisibleOperationMixin, View):
+    """GET /operations/<id>/result.json — the whole result; result.csv — its table, for kinds that lay
+    their result out as one (csv_summary). A download, so a long result is never cut."""
+
+    def get(self, request, *args, fmt, **kwargs):
+        operation = self.get_operation()
+        if operation.result is None:
+            raise Http404(f"operation {operation.pk} has no result yet")
+        name = f"operation-{operation.pk}-result.{fmt}"
+        if fmt == "json":
+            response = HttpResponse(json.dumps(operation.result, indent=2, default=str), content_type="application/json")
+        elif fmt == "csv" and (table := selectors.result_table(operation)) is not None:
+            response = HttpResponse(content_type="text/csv; charset=utf-8")
+            writer = csv.writer(response)
+            writer.writerow(table[0])
+            writer.writerows(table[1])
+        else:
+            raise Http404(f"no {fmt} download for operation {operation.pk}")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
 
 
 class OperationCancelConfirmView(OperationDetailView):

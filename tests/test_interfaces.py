@@ -383,3 +383,40 @@ def test_pages_stay_live_until_nothing_can_change_them(people):
     assert 'hx-select="#operation-rows"' in listing and 'hx-trigger="every 2s"' in listing
     staff = page_client(people["staff_with"])
     assert "operations/admin-live.js" in staff.get(reverse("admin:operations_operation_changelist")).content.decode()
+
+
+def test_a_summary_reads_as_a_table_and_downloads_whole(people):
+    import csv as csvlib
+    import io
+    import json as jsonlib
+
+    counts = {f"Company {i:04d}": {"Female": i, "Male": 2 * i, **({"Other": 1} if i % 7 == 0 else {})}
+              for i in range(1, 1201)}  # far more than the 2,000 characters shown inline
+    operation = services.operation_start(kind="arithmetic", params={"steps": 1}, owner=people["owner"], actor="cli")
+    Operation.objects.filter(pk=operation.pk).update(kind="csv_summary", status=Status.COMPLETED, result=counts)
+    client = page_client(people["owner"])
+    page = client.get(reverse("operations:detail", args=[operation.pk])).content.decode()
+    assert page.count("<tr><td>Company ") == 1200 and "Company 1200" in page  # the whole table
+    assert "<th scope=\"col\">Other</th>" in page and 'class="result sortable"' in page
+
+    as_json = client.get(reverse("operations:result", args=[operation.pk, "json"]))
+    assert as_json["Content-Disposition"] == f'attachment; filename="operation-{operation.pk}-result.json"'
+    api = api_client(people["owner"]).get(f"/api/operations/{operation.pk}/").json()["result"]
+    assert jsonlib.loads(as_json.content) == api == counts
+    rows = list(csvlib.reader(io.StringIO(client.get(reverse("operations:result", args=[operation.pk, "csv"]))
+                                          .content.decode())))
+    assert rows[0] == ["company", "Female", "Male", "Other", "total"] and len(rows) == 1201
+    assert {row[0]: [int(n) for n in row[1:]] for row in rows[1:]} == {
+        company: [c.get("Female", 0), c.get("Male", 0), c.get("Other", 0), sum(c.values())]
+        for company, c in counts.items()}
+    other = page_client(people["other"]).get(reverse("operations:result", args=[operation.pk, "json"]))
+    assert other.status_code == 404
+
+
+def test_a_long_result_without_a_table_is_shortened_on_the_page_with_a_download(people):
+    operation = operation_in(Status.COMPLETED, people["owner"])
+    Operation.objects.filter(pk=operation.pk).update(result=list(range(5000)))
+    page = page_client(people["owner"]).get(reverse("operations:detail", args=[operation.pk])).content.decode()
+    assert "download the whole result (JSON)" in page
+    csv_download = page_client(people["owner"]).get(reverse("operations:result", args=[operation.pk, "csv"]))
+    assert csv_download.status_code == 404

@@ -27,6 +27,14 @@ def summarize_csv(ctx, path, source, chunk_rows, rows_per_second=None):
     return (ctx.state or {}).get("counts", {})
 
 
+def summary_table(counts):
+    """Per company (alphabetical), the count of each gender seen anywhere, and the total."""
+    genders = sorted({gender for per_company in counts.values() for gender in per_company})
+    rows = [[company, *(per_company.get(gender, 0) for gender in genders), sum(per_company.values())]
+            for company, per_company in sorted(counts.items())]
+    return ["company", *genders, "total"], rows
+
+
 register_kind(Kind(
     name="csv_summary",
     label="Summarize a people CSV",
@@ -38,5 +46,6 @@ register_kind(Kind(
     prepare=prepare_source(PEOPLE_HEADER),
     progress="custom",
     progress_unit="rows",
+    result_table=summary_table,
     recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))
