@@ -135,6 +135,15 @@ class Kind:
     #: result → (column names, rows): how people read the result, as a table on the page and a
     #: CSV download (None: the result is shown as JSON, and downloadable whole).
     result_table: Callable[[Any], tuple[list[str], list[list[Any]]]] | None = None
+    #: params → the New form's initial values to "Start again" from an operation (None: its
+    #: params, less the hidden ones). A file upload cannot be filled in: people choose it again.
+    start_again: Callable[[dict], dict] | None = None
+
+    def start_again_initial(self, params: dict) -> dict:
+        initial = self.start_again(dict(params)) if self.start_again else dict(params)
+        if not self.start_again:
+            initial = {name: value for name, value in initial.items() if name not in self.hidden_params}
+        return {name: value for name, value in initial.items() if name in self.form.base_fields}
 
 
     def recovery_policy(self) -> Recovery:

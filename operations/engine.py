@@ -25,7 +25,7 @@ from django.db import close_old_connections, transaction
 from . import services
 from .catalogue import get_kind
 from .conf import conf, heartbeat_interval
-from .exceptions import DataError, StopStep
+from .exceptions import DATA_ERROR_NOTE, DataError, StopStep
 from .models import Operation
 from .outages import is_outage
 from .states import Status
@@ -270,8 +270,7 @@ def _retry_or_fail(task, run, index, entry, spec, attempt, exc, where, before_re
         return
     if isinstance(exc, DataError):  # the input is wrong: the same input fails the same way again
         log.warning("operation %s: %s: %s", run.operation_id, where, exc)
-        services.operation_fail(run.operation_id, run.run_token, f"{exc} ({where}; not retried: the same input "
-                                                                  f"fails the same way)")
+        services.operation_fail(run.operation_id, run.run_token, f"{exc} ({where}; {DATA_ERROR_NOTE})")
         return
     options = entry.get("options", {})
     max_retries = options.get("max_retries", spec.max_retries)

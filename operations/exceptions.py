@@ -54,6 +54,10 @@ class DataError(ValueError):
     a traceback. Retrying reads the same input again; the faces say so and offer Start again."""
 
 
+#: How an operation failed by a DataError says so (the faces explain Retry by it).
+DATA_ERROR_NOTE = "not retried: the same input fails the same way"
+
+
 class Fenced(Exception):
     """Internal: a worker's write found the row moved on (new run token, other fence, or not running)."""
 

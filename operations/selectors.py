@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from .catalogue import UnknownKind, get_kind
 from .conf import conf, heartbeat_interval
+from .exceptions import DATA_ERROR_NOTE
 from .models import Operation, OperationEvent, StepMember
 from .states import ACTIVE, TERMINAL, Status, legal_verbs
 
@@ -162,6 +163,21 @@ def result_table(operation):
     return kind.result_table(operation.result)
 
 
+def can_start_again(operation):
+    """A finished, failed or cancelled operation can be the template of a new one (Start again)."""
+    return operation.status in TERMINAL or operation.status == Status.FAILED
+
+
+def retry_note(operation):
+    """For a failed operation, what Retry will do — said plainly when its input is at fault."""
+    if operation.status != Status.FAILED:
+        return None
+    if DATA_ERROR_NOTE in (operation.error or ""):
+        return ("Retry runs it again from where it stopped, on the same input, and a data error fails the same "
+                "way: correct the input and use Start again.")
+    return "Retry runs it again from where it stopped (its finished steps and checkpoints are kept)."
+
+
 def shown_params(operation):
     """The operation's parameters as people may see them: without those its kind hides (server
     paths; the source's name is shown instead)."""
@@ -244,6 +260,8 @@ def operation_page(operation, user):
         "heartbeat_age": shown_heartbeat_age(operation),
         "shown_params": shown_params(operation),
         "result_table": result_table(operation),
+        "can_start_again": can_start_again(operation),
+        "retry_note": retry_note(operation),
         "silence": silence(operation),
         "row_count": operation_row_count(operation),
         "cancel_effect": operation_cancel_effect(operation),

@@ -44,7 +44,22 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
     def get_context_data(self, form=None, kind=None, **kwargs):
         kinds = all_kinds()
         kind = kind or self._kind(self.request.GET.get("kind") or kinds[0].name)
-        return super().get_context_data(kinds=kinds, kind=kind, form=form or kind.form(), **kwargs)
+        if form is None:
+            form, template = kind.form(), self._template()
+            if template is not None and template.kind == kind.name:  # Start again: its parameters
+                form = kind.form(initial=kind.start_again_initial(template.params or {}))
+                kwargs["again_from"] = template
+        return super().get_context_data(kinds=kinds, kind=kind, form=form, **kwargs)
+
+    def _template(self):
+        """The operation named by ?from=, if this user may see it."""
+        ident = self.request.GET.get("from", "")
+        if not ident.isdigit():
+            return None
+        try:
+            return selectors.operation_get(operation_id=int(ident), user=self.request.user)
+        except Operation.DoesNotExist:
+            return None
 
     def post(self, request, *args, **kwargs):
         try:

@@ -420,3 +420,25 @@ def test_a_long_result_without_a_table_is_shortened_on_the_page_with_a_download(
     assert "download the whole result (JSON)" in page
     csv_download = page_client(people["owner"]).get(reverse("operations:result", args=[operation.pk, "csv"]))
     assert csv_download.status_code == 404
+
+
+def test_start_again_opens_the_form_with_the_parameters_and_retry_is_explained(people, settings, tmp_path):
+    from operations.exceptions import DATA_ERROR_NOTE
+
+    settings.TAP_CSV_DIR = str(tmp_path)
+    (tmp_path / "march.csv").write_text("id,name,email,amount,date\n1,A,a@example.com,1.00,2026-01-01\n")
+    operation = services.operation_start(kind="csv_import", params={"path": "march.csv", "chunk_rows": 700},
+                                         owner=people["owner"], actor="cli")
+    Operation.objects.filter(pk=operation.pk).update(
+        status=Status.FAILED, error=f"march.csv, line 2, column amount: not a number (step 1 of 1; {DATA_ERROR_NOTE})")
+    client = page_client(people["owner"])
+    page = client.get(reverse("operations:detail", args=[operation.pk])).content.decode()
+    assert 'data-testid="start-again"' in page and "a data error fails the same way" in page
+    again = client.get(reverse("operations:new") + f"?kind=csv_import&from={operation.pk}").content.decode()
+    assert "Starting again from operation" in again
+    assert '<option value="march.csv" selected>' in again and 'value="700"' in again
+    assert str(tmp_path) not in again
+    stranger = page_client(people["other"]).get(reverse("operations:new") + f"?kind=csv_import&from={operation.pk}")
+    assert "Starting again" not in stranger.content.decode() and 'value="700"' not in stranger.content.decode()
+    running = operation_in(Status.RUNNING, people["owner"])
+    assert "start-again" not in client.get(reverse("operations:detail", args=[running.pk])).content.decode()

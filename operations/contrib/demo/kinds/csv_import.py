@@ -20,7 +20,7 @@ from ..csvio import CsvFileError, chunks, copy_error, parse
 from ..files import RECORD_HEADER
 from ..models import Record
 from ..rowstore import copy_csv, is_postgresql, write_rows
-from .csv_source import CsvSourceForm, prepare_source
+from .csv_source import CsvSourceForm, prepare_source, start_again_from
 
 #: Database column → the CSV column it comes from, for error messages.
 CSV_COLUMN = {"external_id": "id", "name": "name", "email": "email", "amount": "amount", "date": "date"}
@@ -135,6 +135,7 @@ register_kind(Kind(
     description="Loads a CSV of records (id,name,email,amount,date) into the database, chunk by chunk.",
     form=CsvSourceForm,
     hidden_params=("path",),  # a server path: faces show the source's name
+    start_again=start_again_from,
     build=build,
     prepare=prepare_source(RECORD_HEADER),
     compensate=remove_records,

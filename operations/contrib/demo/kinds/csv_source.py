@@ -77,6 +77,17 @@ class CsvSourceForm(ChunkedForm):
         return cleaned
 
 
+def start_again_from(params):
+    """The New form for Start again: the same server-side file by its name; an upload (stored
+    under the upload folder) cannot be filled in, so people choose the corrected file."""
+    initial = {name: value for name, value in params.items() if name not in ("path", "source")}
+    folder = csv_dir()
+    path = Path(params.get("path") or "")
+    if folder is not None and path.parent.resolve() == folder.resolve():
+        initial["path"] = path.name
+    return initial
+
+
 class PeopleCsvForm(CsvSourceForm):
     example_file = "demo-people.csv"
 

@@ -12,7 +12,7 @@ from operations.workflow import step
 
 from ..csvio import chunks, parse
 from ..files import PEOPLE_HEADER
-from .csv_source import PeopleCsvForm, prepare_source
+from .csv_source import PeopleCsvForm, prepare_source, start_again_from
 
 
 @step(name="operations.csv_summary", context=True, atomic=False)
@@ -42,6 +42,7 @@ register_kind(Kind(
                 "first_name,last_name,gender,company.",
     form=PeopleCsvForm,
     hidden_params=("path",),  # a server path: faces show the source's name
+    start_again=start_again_from,
     build=lambda p: chain(summarize_csv.si(p["path"], p["source"], p["chunk_rows"], p["rows_per_second"])),
     prepare=prepare_source(PEOPLE_HEADER),
     progress="custom",
