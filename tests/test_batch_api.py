@@ -28,6 +28,7 @@ def test_replay_of_the_original_batch_service_calls(worker):
         assert set(group) == {"groupTaskId", "grouptaskProcessed", "grouptaskSucceeded", "results",
                               "tasksCompleted", "tasksTotal"}
         assert group["tasksTotal"] == 4 and 0 <= group["tasksCompleted"] <= 4
+        assert len(group["results"]) == group["tasksCompleted"] and None not in group["results"]  # finished only
         if group["grouptaskProcessed"]:
             break
         assert time.monotonic() < deadline, group
