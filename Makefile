@@ -86,12 +86,14 @@ bench: install
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/import_csv.py
 	$(BIN)/python bench/delete.py
+	$(BIN)/python bench/admin.py
 
 # The same benchmarks, tiny, so CI notices when one no longer runs (their figures mean nothing).
 bench-smoke: install
 	$(BIN)/python bench/overhead.py --steps 20 --rounds 1
 	$(BIN)/python bench/import_csv.py --rows 20000 --rounds 1
 	$(BIN)/python bench/delete.py --rows 20000
+	$(BIN)/python bench/admin.py --operations 2000 --rounds 2
 
 # Style, and the one-way dependencies of the operations app (.importlinter).
 lint: install

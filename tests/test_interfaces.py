@@ -442,3 +442,20 @@ def test_start_again_opens_the_form_with_the_parameters_and_retry_is_explained(p
     assert "Starting again" not in stranger.content.decode() and 'value="700"' not in stranger.content.decode()
     running = operation_in(Status.RUNNING, people["owner"])
     assert "start-again" not in client.get(reverse("operations:detail", args=[running.pk])).content.decode()
+
+
+def test_admin_search_matches_an_id_a_kind_or_an_owner_exactly(people):
+    mine = operation_in(Status.RUNNING, people["owner"])
+    theirs = operation_in(Status.RUNNING, people["other"])
+    client = page_client(people["staff_with"])
+
+    def found(term):
+        page = client.get(reverse("admin:operations_operation_changelist"), {"q": term}).content.decode()
+        return sorted({int(n) for n in re.findall(r"/admin/operations/operation/(\d+)/change/", page)})
+
+    assert found(str(mine.pk)) == [mine.pk]
+    assert found("other") == [theirs.pk]
+    assert found("arithmetic") == sorted([mine.pk, theirs.pk])
+    assert found("arith") == [] and found("oth") == []  # exact: no scan for a fragment
+    listing = client.get(reverse("admin:operations_operation_changelist"), {"kind": "arithmetic"})
+    assert listing.status_code == 200
