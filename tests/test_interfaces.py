@@ -459,3 +459,12 @@ def test_admin_search_matches_an_id_a_kind_or_an_owner_exactly(people):
     assert found("arith") == [] and found("oth") == []  # exact: no scan for a fragment
     listing = client.get(reverse("admin:operations_operation_changelist"), {"kind": "arithmetic"})
     assert listing.status_code == 200
+
+
+def test_a_bulk_insert_paused_before_publishing_says_its_rows_are_staged_not_stored(people):
+    operation = services.operation_start(kind="bulk_insert", params={"rows": 1000}, owner=people["owner"], actor="cli")
+    Operation.objects.filter(pk=operation.pk).update(status=Status.PAUSED, step_index=1, progress_done=1000,
+                                                     progress_total=1000)
+    page = page_client(people["owner"]).get(reverse("operations:detail", args=[operation.pk])).content.decode()
+    assert "1000 / 1000 rows staged (100%)" in page
+    assert re.search(r'data-testid="row-count">0<', page)

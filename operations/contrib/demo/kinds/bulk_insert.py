@@ -85,6 +85,8 @@ register_kind(Kind(
     cancel_effect="Discards every row staged so far; no record of this insert will remain.",
     count_rows=lambda operation: Record.objects.filter(operation_id=operation.pk).count(),
     progress="custom",
-    progress_unit="rows",
+    # The bar counts rows staged; "rows stored" counts the published ones, 0 until the last step:
+    # a full bar over 0 stored rows, paused before publishing, then says what it is.
+    progress_unit="rows staged",
     recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))
