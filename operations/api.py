@@ -30,6 +30,7 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from . import __version__, jsonlimits, selectors, services
 from .conf import conf
+from .exceptions import http_status_for
 from .models import Operation
 from .serializers import OperationListSerializer, OperationSerializer
 from .states import Status
@@ -125,6 +126,14 @@ class AppAPIView:
         return super().handle_exception(exc)  # type: ignore[misc]
 
 
+def error_response(exc: services.OperationError, **extra: Any) -> Response:
+    """A service's refusal as JSON: its message, field errors for bad parameters, the shared status."""
+    body = {"detail": str(exc), **extra}
+    if isinstance(exc, services.InvalidParams):
+        body["errors"] = exc.errors
+    return Response(body, status=http_status_for(exc))
+
+
 class StartSerializer(serializers.Serializer):
     kind = serializers.CharField()
     params = serializers.JSONField(required=False, default=dict)
@@ -200,10 +209,8 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
                 kind=start.validated_data["kind"], params=start.validated_data["params"],
                 owner=request.user, actor=actor_of(request), files=request.FILES or None,
             )
-        except services.InvalidParams as exc:
-            return Response({"detail": str(exc), "errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
         except services.OperationError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return error_response(exc)
         return Response(OperationSerializer(operation).data, status=status.HTTP_201_CREATED)
 
     def _control(self, request, verb):
@@ -211,9 +218,9 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
         if not selectors.can_control(request.user, operation, verb):
             raise PermissionDenied(f"You may not {verb} operation {operation.pk}.")
         try:
-            changed = getattr(services, f"operation_{verb}")(operation=operation, actor=actor_of(request))
+            changed = services.operation_apply(verb, operation=operation, actor=actor_of(request))
         except services.OperationError as exc:
-            return Response({"detail": str(exc), "status": operation.status}, status=status.HTTP_409_CONFLICT)
+            return error_response(exc, status=operation.status)
         return Response(OperationSerializer(changed).data, status=status.HTTP_202_ACCEPTED)
 
     _control_schema = described(request=None, responses={202: OperationSerializer, 409: OpenApiResponse()})

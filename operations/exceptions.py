@@ -54,6 +54,17 @@ class DataError(ValueError):
     a traceback. Retrying reads the same input again; the faces say so and offer Start again."""
 
 
+def http_status_for(exc: Exception) -> int:
+    """The HTTP status a face answers a service error with — the one mapping the API and the
+    pages share: bad parameters or an unknown kind 400, no such operation 404, a verb the status
+    does not allow or a full concurrency limit 409."""
+    if isinstance(exc, (InvalidParams, UnknownKind)):
+        return 400
+    if isinstance(exc, OperationNotFound):
+        return 404
+    return 409
+
+
 #: How an operation failed by a DataError says so (the faces explain Retry by it).
 DATA_ERROR_NOTE = "not retried: the same input fails the same way"
 

@@ -10,7 +10,7 @@ the worker's and beat's transitions below them are internal.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -281,6 +281,21 @@ def operation_retry(*, operation: Operation | int, actor: Actor | str | Any) -> 
     return _apply_verb(operation, "retry", actor)
 
 
+#: The user verbs by name: the one table every face dispatches through (pages, API, admin, CLI).
+USER_VERBS: dict[str, Callable[..., Operation]] = {
+    "pause": operation_pause, "resume": operation_resume, "cancel": operation_cancel, "retry": operation_retry,
+}
+
+
+def operation_apply(verb: str, *, operation: Operation | int, actor: Actor | str | Any) -> Operation:
+    """The user verb ``verb`` (pause, resume, cancel, retry) on one operation."""
+    try:
+        service = USER_VERBS[verb]
+    except KeyError:
+        raise ValueError(f"unknown verb {verb!r}; expected one of {', '.join(USER_VERBS)}") from None
+    return service(operation=operation, actor=actor)
+
+
 @dataclass
 class BulkOutcome:
     changed: list
@@ -289,12 +304,10 @@ class BulkOutcome:
 
 def operations_apply(verb: str, operations: Iterable[Operation | int], *, actor: Actor | str | Any) -> BulkOutcome:
     """Apply a user verb to each operation (an admin action on a selection); collect refusals."""
-    apply = {"pause": operation_pause, "resume": operation_resume,
-             "cancel": operation_cancel, "retry": operation_retry}[verb]
     outcome = BulkOutcome([], [])
     for operation in operations:
         try:
-            outcome.changed.append(apply(operation=operation, actor=actor))
+            outcome.changed.append(operation_apply(verb, operation=operation, actor=actor))
         except OperationError as exc:
             outcome.refused.append(str(exc))
     return outcome

@@ -15,6 +15,7 @@ from django.views.generic import DetailView, ListView, TemplateView
 
 from . import selectors, services
 from .catalogue import InvalidParams, UnknownKind, all_kinds, get_kind
+from .exceptions import http_status_for
 from .models import Operation
 from .states import Status, label
 
@@ -66,7 +67,7 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
             kind = get_kind(request.POST.get("kind", ""))
         except UnknownKind as exc:  # a bad request, like any bad parameter: 400 with the reason
             messages.error(request, str(exc))
-            return self.render_to_response(self.get_context_data(), status=400)
+            return self.render_to_response(self.get_context_data(), status=http_status_for(exc))
         params = {name: value for name, value in request.POST.items()
                   if name in kind.form.base_fields and value != ""}
         try:
@@ -83,11 +84,11 @@ class OperationCreateView(LoginRequiredMixin, TemplateView):
                 for error in errors:
                     if error not in shown:
                         form.add_error(target, error)
-            return self.render_to_response(self.get_context_data(form=form, kind=kind), status=400)
+            return self.render_to_response(self.get_context_data(form=form, kind=kind), status=http_status_for(exc))
         except services.OperationError as exc:
             messages.error(request, str(exc))
             return self.render_to_response(self.get_context_data(form=kind.form(data=request.POST), kind=kind),
-                                           status=409)
+                                           status=http_status_for(exc))
         messages.success(request, f"Started operation {operation.pk} ({kind.label}).")
         return redirect("operations:detail", pk=operation.pk)
 
@@ -163,9 +164,9 @@ class OperationControlView(VisibleOperationMixin, View):
         operation = self.get_operation()
         if not selectors.can_control(request.user, operation, self.verb):
             raise PermissionDenied(f"You may not {self.verb} operation {operation.pk}.")
-        service = getattr(services, f"operation_{self.verb}")
         try:
-            changed = service(operation=operation, actor=services.Actor.coerce(request.user, via="web"))
+            changed = services.operation_apply(self.verb, operation=operation,
+                                               actor=services.Actor.coerce(request.user, via="web"))
         except services.OperationError as exc:
             messages.warning(request, str(exc))
             return redirect("operations:detail", pk=operation.pk)

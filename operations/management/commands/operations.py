@@ -51,13 +51,12 @@ class Command(BaseCommand):
                           help="draw a progress bar (rate, time left) until it stops moving; the exit code "
                                "says how: 0 completed, 1 failed, 3 cancelled, 4 paused or interrupted")
 
-        for verb in ("pause", "cancel"):
+        for verb in services.USER_VERBS:
             sub = verbs.add_parser(verb, help=f"{verb} an operation")
             sub.add_argument("id", type=int)
-            sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
-            sub.add_argument("--timeout", type=float, default=120.0)
-        for verb in ("resume", "retry"):
-            verbs.add_parser(verb, help=f"{verb} an operation").add_argument("id", type=int)
+            if verb in self.SETTLED:
+                sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
+                sub.add_argument("--timeout", type=float, default=120.0)
 
         count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
         count.add_argument("id", type=int)
@@ -68,6 +67,8 @@ class Command(BaseCommand):
     def handle(self, *args, verb, **options):
         if verb in VERBS:
             handler = partial(VERBS[verb].handle, self)
+        elif verb in services.USER_VERBS:
+            handler = partial(self.do_user_verb, verb)
         else:
             handler = getattr(self, "do_" + verb.replace("-", "_"))
         try:
@@ -171,23 +172,15 @@ class Command(BaseCommand):
             self.stdout.write(f"    {event['at']}  {event['actor']:<10} {event['from_status'] or '-':>16} → "
                               f"{event['to_status']:<16} {event['note']}")
 
-    def do_pause(self, id, wait, timeout, **options):
-        operation = services.operation_pause(operation=id, actor=services.CLI)
-        self._report(operation, "pause")
+    #: What ``--wait`` waits for after each verb that has it.
+    SETTLED = {"pause": lambda s: s != Status.PAUSE_REQUESTED, "cancel": lambda s: s not in ACTIVE}
+
+    def do_user_verb(self, verb, id, wait=False, timeout=120.0, **options):
+        """pause, resume, cancel, retry: through the services' one verb table."""
+        operation = services.operation_apply(verb, operation=id, actor=services.CLI)
+        self._report(operation, verb)
         if wait:
-            self._wait(id, until=lambda s: s != Status.PAUSE_REQUESTED, timeout=timeout, reported=operation.status)
-
-    def do_cancel(self, id, wait, timeout, **options):
-        operation = services.operation_cancel(operation=id, actor=services.CLI)
-        self._report(operation, "cancel")
-        if wait:
-            self._wait(id, until=lambda s: s not in ACTIVE, timeout=timeout, reported=operation.status)
-
-    def do_resume(self, id, **options):
-        self._report(services.operation_resume(operation=id, actor=services.CLI), "resume")
-
-    def do_retry(self, id, **options):
-        self._report(services.operation_retry(operation=id, actor=services.CLI), "retry")
+            self._wait(id, until=self.SETTLED[verb], timeout=timeout, reported=operation.status)
 
     def do_count(self, id, **options):
         operation = selectors.operation_get(operation_id=id)
