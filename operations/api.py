@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import TokenAuthentication
@@ -32,7 +32,7 @@ from . import __version__, jsonlimits, selectors, services
 from .conf import conf
 from .exceptions import http_status_for
 from .models import Operation
-from .serializers import OperationListSerializer, OperationSerializer
+from .serializers import ErrorSerializer, OperationListSerializer, OperationSerializer
 from .states import Status
 
 #: The throttle scope of every state change (starts and verbs).
@@ -126,6 +126,12 @@ class AppAPIView:
         return super().handle_exception(exc)  # type: ignore[misc]
 
 
+#: What every endpoint may answer besides its own: not logged in, not allowed, and for state
+#: changes the throttle (DRF's {"detail": …} shape).
+REFUSALS_READ = {401: ErrorSerializer, 403: ErrorSerializer}
+REFUSALS = {**REFUSALS_READ, 429: ErrorSerializer}
+
+
 def error_response(exc: services.OperationError, **extra: Any) -> Response:
     """A service's refusal as JSON: its message, field errors for bad parameters, the shared status."""
     body = {"detail": str(exc), **extra}
@@ -192,15 +198,16 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
         query.is_valid(raise_exception=True)
         return selectors.operation_list(user=self.request.user, **query.validated_data)
 
-    @described(parameters=[ListQuery])
+    @described(parameters=[ListQuery], responses={200: OperationListSerializer(many=True), **REFUSALS_READ,
+                                                  400: ErrorSerializer})
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
     def get_serializer_class(self):
         return OperationListSerializer if self.action == "list" else OperationSerializer
 
-    @described(request=StartSerializer, responses={201: OperationSerializer, 400: OpenApiResponse(),
-                                                       409: OpenApiResponse()})
+    @described(request=StartSerializer, responses={201: OperationSerializer, 400: ErrorSerializer,
+                                                       409: ErrorSerializer, 413: ErrorSerializer, **REFUSALS})
     def create(self, request):
         start = StartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
@@ -223,7 +230,12 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
             return error_response(exc, status=operation.status)
         return Response(OperationSerializer(changed).data, status=status.HTTP_202_ACCEPTED)
 
-    _control_schema = described(request=None, responses={202: OperationSerializer, 409: OpenApiResponse()})
+    _control_schema = described(request=None, responses={202: OperationSerializer, 409: ErrorSerializer,
+                                                         404: ErrorSerializer, **REFUSALS})
+
+    @described(responses={200: OperationSerializer, 404: ErrorSerializer, **REFUSALS_READ})
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
 
     @_control_schema
     @action(detail=True, methods=["post"])

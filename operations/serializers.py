@@ -33,19 +33,19 @@ class ProgressSerializer(serializers.Serializer):
 
 
 class OperationSerializer(serializers.ModelSerializer):
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     status_label = serializers.SerializerMethodField()
     params = serializers.SerializerMethodField()
     progress = ProgressSerializer(source="*", read_only=True)
     created_at = IsoDateTimeField(read_only=True)
-    started_at = IsoDateTimeField(read_only=True)
-    finished_at = IsoDateTimeField(read_only=True)
+    started_at = IsoDateTimeField(read_only=True, allow_null=True)
+    finished_at = IsoDateTimeField(read_only=True, allow_null=True)
     updated_at = IsoDateTimeField(read_only=True)
-    heartbeat_at = IsoDateTimeField(read_only=True)
+    heartbeat_at = IsoDateTimeField(read_only=True, allow_null=True)
     actions = serializers.SerializerMethodField()
     heartbeat_age = serializers.SerializerMethodField()
     silence = serializers.SerializerMethodField()
-    resume_at = IsoDateTimeField(read_only=True)
+    resume_at = IsoDateTimeField(read_only=True, allow_null=True)
     rows_stored = serializers.SerializerMethodField()
     remaining_workflow = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
@@ -87,6 +87,14 @@ class OperationSerializer(serializers.ModelSerializer):
 
     def get_events(self, operation) -> list[dict]:
         return EventSerializer(selectors.operation_events(operation=operation), many=True).data
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every refusal of the API: what was wrong (and, for bad parameters, per field)."""
+
+    detail = serializers.CharField()
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    status = serializers.CharField(required=False, help_text="The operation's status, when a verb was refused.")
 
 
 class OperationListSerializer(OperationSerializer):

@@ -468,3 +468,22 @@ def test_a_bulk_insert_paused_before_publishing_says_its_rows_are_staged_not_sto
     page = page_client(people["owner"]).get(reverse("operations:detail", args=[operation.pk])).content.decode()
     assert "1000 / 1000 rows staged (100%)" in page
     assert re.search(r'data-testid="row-count">0<', page)
+
+
+def test_the_schema_says_what_may_be_null_and_every_refusal(people):
+    api = api_client(people["owner"])
+    schema = api.get("/api/schema/?format=json").json()
+    operation = schema["components"]["schemas"]["Operation"]["properties"]
+    for name in ("owner", "started_at", "finished_at", "heartbeat_at", "resume_at", "heartbeat_age", "silence",
+                 "rows_stored"):
+        assert operation[name].get("nullable") is True, name
+    paths = schema["paths"]
+    assert {"200", "400", "401", "403"} <= set(paths["/api/operations/"]["get"]["responses"])
+    assert {"201", "400", "401", "403", "409", "413", "429"} <= set(paths["/api/operations/"]["post"]["responses"])
+    assert {"202", "401", "403", "404", "409", "429"} <= set(paths["/api/operations/{id}/pause/"]["post"]["responses"])
+    assert {"200", "401", "403", "404"} <= set(paths["/api/operations/{id}/"]["get"]["responses"])
+    names = {p["name"] for p in paths["/api/operations/"]["get"]["parameters"]}
+    assert {"status", "kind", "owner", "created_after", "created_before", "ordering", "page"} <= names
+    # and a real response has what the schema says, nulls included
+    created = api.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 2}}, format="json").json()
+    assert set(created) == set(operation) and created["finished_at"] is None
