@@ -13,16 +13,15 @@ from django.utils.html import format_html
 
 from . import selectors, services
 from .catalogue import all_kinds
-from .models import Operation, OperationEvent
+from .models import Operation, OperationEvent, StepMember
 from .states import label
 
 MAX_STEPS_SHOWN = 50
 
 
-class OperationEventInline(admin.TabularInline):
-    model = OperationEvent
-    fields = ("when", "actor", "via", "change", "note")
-    readonly_fields = fields
+class ReadOnlyInline(admin.TabularInline):
+    """Part of the operation's record: shown with it, never edited, added or removed by hand."""
+
     extra = 0
     can_delete = False
     show_change_link = False
@@ -34,7 +33,13 @@ class OperationEventInline(admin.TabularInline):
         return False
 
     def has_view_permission(self, request, obj=None):
-        return request.user.has_perm("operations.view_operation")  # the history is part of the operation
+        return request.user.has_perm("operations.view_operation")  # part of the operation
+
+
+class OperationEventInline(ReadOnlyInline):
+    model = OperationEvent
+    fields = ("when", "actor", "via", "change", "note")
+    readonly_fields = fields
 
     @admin.display(description="when", ordering="at")
     def when(self, event):
@@ -77,6 +82,18 @@ class KindFilter(admin.SimpleListFilter):
         return queryset.filter(kind=self.value()) if self.value() else queryset
 
 
+class StepMemberInline(ReadOnlyInline):
+    """The tasks of a group step (a batch's): each one's Celery task id (the id /tasks/<id>
+    answers for), state and result — the step messages themselves store no result (the
+    operation's row is their result), so Celery's own Task results list stays empty for them."""
+
+    model = StepMember
+    fields = ("step_index", "member_index", "task_id", "state", "result", "error", "finished")
+    readonly_fields = fields
+    verbose_name, verbose_name_plural = "group task", "group tasks"
+    finished = _to_the_second_of("finished_at", "finished")
+
+
 @admin.register(Operation)
 class OperationAdmin(admin.ModelAdmin):
     list_display = ("id", "kind", "owner", "status_badge", "progress_bar", "sign_of_life", "last_change")
@@ -89,7 +106,7 @@ class OperationAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over 100k rows on every page view adds nothing
     actions = ["pause", "resume", "cancel", "retry"]
-    inlines = [OperationEventInline]
+    inlines = [OperationEventInline, StepMemberInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
               "remaining_workflow", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
               "created", "started", "finished", "duration", "updated")

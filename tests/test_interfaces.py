@@ -487,3 +487,18 @@ def test_the_schema_says_what_may_be_null_and_every_refusal(people):
     # and a real response has what the schema says, nulls included
     created = api.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 2}}, format="json").json()
     assert set(created) == set(operation) and created["finished_at"] is None
+
+
+def test_the_admin_shows_a_batch_s_tasks_with_their_ids(people):
+    from operations.models import StepMember
+    from operations.workflow import member_task_id
+
+    operation = services.operation_start(kind="batch_sum", params={"tasks": [{"paramA": 1, "paramB": 2}] * 3},
+                                         owner=people["owner"], actor="cli")
+    for i in range(3):
+        StepMember.objects.create(operation=operation, step_index=0, member_index=i,
+                                  task_id=member_task_id(operation.pk, 0, i), state="SUCCESS", result=3)
+    page = page_client(people["staff_with"]).get(
+        reverse("admin:operations_operation_change", args=[operation.pk])).content.decode()
+    assert "Group tasks" in page
+    assert all(str(member_task_id(operation.pk, 0, i)) in page for i in range(3))
