@@ -46,6 +46,7 @@ _EXPORTS = {
     "OperationNotFound": "operations.exceptions",
     "TransitionRefused": "operations.exceptions",
     "ConcurrencyLimitReached": "operations.exceptions",
+    "QuotaExceeded": "operations.exceptions",
     "WorkflowError": "operations.exceptions",
     "DataError": "operations.exceptions",
 }
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
         InvalidParams as InvalidParams,
         OperationError as OperationError,
         OperationNotFound as OperationNotFound,
+        QuotaExceeded as QuotaExceeded,
         TransitionRefused as TransitionRefused,
         UnknownKind as UnknownKind,
         WorkflowError as WorkflowError,

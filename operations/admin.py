@@ -13,7 +13,7 @@ from django.utils.html import format_html
 
 from . import selectors, services
 from .catalogue import all_kinds
-from .models import Operation, OperationEvent, StepMember
+from .models import Operation, OperationEvent, OperationQuota, StepMember
 from .states import label
 
 MAX_STEPS_SHOWN = 50
@@ -260,3 +260,11 @@ class OperationAdmin(admin.ModelAdmin):
     def has_retry_permission(self, request):
         return request.user.has_perm("operations.retry_operation")
 
+
+@admin.register(OperationQuota)
+class OperationQuotaAdmin(admin.ModelAdmin):
+    """What a user may ask of the workers; a staff member with the permission sets it."""
+
+    list_display = ("user", "max_unfinished", "max_work_seconds")
+    search_fields = ("=user__username",)
+    raw_id_fields = ("user",)

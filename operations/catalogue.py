@@ -135,6 +135,9 @@ class Kind:
     #: result → (column names, rows): how people read the result, as a table on the page and a
     #: CSV download (None: the result is shown as JSON, and downloadable whole).
     result_table: Callable[[Any], tuple[list[str], list[list[Any]]]] | None = None
+    #: params → the worker-seconds an operation will ask for (steps × delay, tasks × seconds),
+    #: checked against the owner's quota (TAP_USER_MAX_WORK_SECONDS, OperationQuota); None: free.
+    work_seconds: Callable[[dict], float] | None = None
     #: params → the New form's initial values to "Start again" from an operation (None: its
     #: params, less the hidden ones). A file upload cannot be filled in: people choose it again.
     start_again: Callable[[dict], dict] | None = None

@@ -171,6 +171,12 @@ OPTIONS = [
            "Rate limit of the API's state changes per user (starts and verbs); None turns it off. "
            "A rate for the scope operation_control in REST_FRAMEWORK's DEFAULT_THROTTLE_RATES wins."),
     Option("API_PAGE_SIZE", 50, positive_int, "Operations per page of GET /api/operations/."),
+    Option("USER_MAX_UNFINISHED", None, positive_int_or_none,
+           "Operations a user (not staff) may have running, paused or interrupted at once; None: no limit. "
+           "A staff member sets a user's own in the admin (Operation quotas)."),
+    Option("USER_MAX_WORK_SECONDS", None, non_negative_number_or_none,
+           "Worker-seconds one operation of a user (not staff) may ask for, as its kind estimates them "
+           "(steps × delay, tasks × seconds); None: no limit. Per user in the admin (Operation quotas)."),
     Option("MAX_JSON_DEPTH", 32, positive_int,
            "How deep JSON that people send (API bodies, JSON parameters) may nest; deeper is a 400 naming "
            "this limit, not a RecursionError."),

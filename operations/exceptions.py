@@ -44,6 +44,11 @@ class ConcurrencyLimitReached(OperationError):
     """The kind's ``max_concurrent`` slots are all held; the message names the holders."""
 
 
+class QuotaExceeded(OperationError):
+    """The owner's quota (unfinished operations, work per operation) would be exceeded; the
+    message names the limit and who can raise it (HTTP 409)."""
+
+
 class WorkflowError(ValueError):
     """A plan that cannot run: the message names the step and what is wrong with it."""
 

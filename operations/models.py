@@ -168,3 +168,21 @@ class StepCache(models.Model):
     arguments = models.JSONField()
     result = models.JSONField(null=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+
+class OperationQuota(models.Model):
+    """What one user may ask of the workers, set by a staff member; an empty field takes the
+    setting's default (TAP_USER_MAX_UNFINISHED, TAP_USER_MAX_WORK_SECONDS). Staff have none."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="operation_quota")
+    max_unfinished = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Operations running, paused or interrupted at once. Empty: the default.")
+    max_work_seconds = models.FloatField(
+        null=True, blank=True, help_text="Worker-seconds one operation may ask for (steps × delay, tasks × "
+                                         "seconds). Empty: the default.")
+
+    class Meta:
+        verbose_name = "operation quota"
+
+    def __str__(self):
+        return f"quota of {self.user}"

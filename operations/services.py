@@ -29,11 +29,19 @@ from .exceptions import (  # noqa: F401  (re-exported: callers catch them from h
     InvalidParams,
     OperationError,
     OperationNotFound,
+    QuotaExceeded,
     TransitionRefused,
     UnknownKind,
     WorkflowError,
 )
-from .models import ConcurrencySlot, Operation, OperationEvent, StepCache, StepMember
+from .models import (
+    ConcurrencySlot,
+    Operation,
+    OperationEvent,
+    OperationQuota,
+    StepCache,
+    StepMember,
+)
 from .states import (
     ACTIVE,
     RELEASES_SLOT,
@@ -224,6 +232,37 @@ def clean_params(kind, params, files=None):
     return form.params()
 
 
+#: What counts against a quota's unfinished operations: what a worker runs or may run again soon.
+UNFINISHED = ACTIVE | {Status.PAUSED, Status.INTERRUPTED}
+
+
+def quota_of(owner: Any) -> tuple[int | None, float | None]:
+    """(max unfinished, max work seconds) for ``owner``: their OperationQuota, else the settings;
+    no limit for staff, or when nobody owns the operation (the CLI, beat)."""
+    if owner is None or getattr(owner, "is_staff", False):
+        return None, None
+    own = OperationQuota.objects.filter(user=owner).values_list("max_unfinished", "max_work_seconds").first()
+    unfinished, work = own or (None, None)
+    return (conf.USER_MAX_UNFINISHED if unfinished is None else unfinished,
+            conf.USER_MAX_WORK_SECONDS if work is None else work)
+
+
+def _check_quota(spec, cleaned, owner):
+    max_unfinished, max_work = quota_of(owner)
+    if max_work is not None and spec.work_seconds is not None:
+        asked = spec.work_seconds(cleaned)
+        if asked > max_work:
+            raise QuotaExceeded(f"this {spec.name} asks for {asked:,.0f} worker-seconds; your quota is "
+                                f"{max_work:,.0f} per operation (ask a staff member to raise it)")
+    if max_unfinished is not None:
+        # One start at a time per owner counts (the row lock; SQLite's write lock does as much).
+        type(owner).objects.select_for_update().filter(pk=owner.pk).exists()
+        unfinished = Operation.objects.filter(owner=owner, status__in=UNFINISHED).count()
+        if unfinished >= max_unfinished:
+            raise QuotaExceeded(f"you have {unfinished} unfinished operation(s), your quota is {max_unfinished}: "
+                                f"let one finish, or cancel one (a staff member can raise the quota)")
+
+
 def operation_start(*, kind: str, params: Mapping[str, Any] | None = None, owner: Any = None,
                     actor: Actor | str | Any, files: Mapping[str, Any] | None = None) -> Operation:
     """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit.
@@ -239,6 +278,7 @@ def operation_start(*, kind: str, params: Mapping[str, Any] | None = None, owner
     cleaned = clean_params(spec, params, files)
     now = timezone.now()
     with transaction.atomic():
+        _check_quota(spec, cleaned, owner)
         operation = Operation.objects.create(
             owner=owner, kind=spec.name, status=Status.RUNNING, run_token=1,
             created_at=now, started_at=now, heartbeat_at=now, updated_at=now,

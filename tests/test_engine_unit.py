@@ -284,3 +284,28 @@ def test_nesting_depth_is_counted_without_recursing(value, depth):
     for _ in range(100_000):
         deep = [deep]
     assert nesting_depth(deep) == 100_001
+
+
+@pytest.mark.django_db
+def test_a_users_quota_limits_unfinished_operations_and_work_and_staff_may_set_it(settings):
+    from operations.exceptions import QuotaExceeded, http_status_for
+    from operations.models import OperationQuota
+
+    user = User.objects.create_user("busy")
+    staff = User.objects.create_user("boss", is_staff=True)
+    settings.TAP_USER_MAX_UNFINISHED, settings.TAP_USER_MAX_WORK_SECONDS = 2, 100
+    start = lambda owner, **params: services.operation_start(kind="arithmetic", params=params, owner=owner, actor="cli")  # noqa: E731
+    start(user, steps=10, delay=10)  # 100 s: at the limit
+    with pytest.raises(QuotaExceeded, match="asks for 1,000 worker-seconds; your quota is 100 per operation") as refused:
+        start(user, steps=100, delay=10)
+    assert http_status_for(refused.value) == 409
+    start(user, steps=3)
+    with pytest.raises(QuotaExceeded, match="you have 2 unfinished operation"):
+        start(user, steps=3)
+    assert Operation.objects.filter(owner=user).count() == 2  # nothing half-written
+    start(staff, steps=1000, delay=60)  # staff have no quota
+    OperationQuota.objects.create(user=user, max_unfinished=5, max_work_seconds=None)  # a staff member raised it
+    settings.TAP_USER_MAX_WORK_SECONDS = None
+    start(user, steps=1000, delay=60)
+    services.operation_cancel(operation=Operation.objects.filter(owner=user).first(), actor="cli")
+    assert Operation.objects.filter(owner=user).count() == 3

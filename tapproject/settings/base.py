@@ -241,6 +241,10 @@ TAP_POISON_LIMIT = env_int("TAP_POISON_LIMIT", 3)
 TAP_DURABLE_STEP_COMMITS = env_bool("TAP_DURABLE_STEP_COMMITS", False)
 # The API's rate limit of state changes per user.
 TAP_CONTROL_THROTTLE = env("TAP_CONTROL_THROTTLE", "120/min")
+# Anyone may sign up here: a user (not staff) has at most 20 unfinished operations of at most an
+# hour of worker time each, unless a staff member gives them more (admin: Operation quotas).
+TAP_USER_MAX_UNFINISHED = env_int("TAP_USER_MAX_UNFINISHED", 20)
+TAP_USER_MAX_WORK_SECONDS = env_int("TAP_USER_MAX_WORK_SECONDS", 3600)
 # The demo kinds (operations.contrib.demo). CSV import / summary: server-side files live in TAP_CSV_DIR (the demo files too), uploads in
 # TAP_UPLOAD_DIR; a chunk of TAP_CSV_CHUNK_ROWS rows commits with its checkpoint.
 TAP_CSV_DIR = Path(env("TAP_CSV_DIR", VAR_DIR / "csv"))

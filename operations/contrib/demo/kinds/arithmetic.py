@@ -58,5 +58,6 @@ register_kind(Kind(
     description="A chain of add / mult steps, each with an optional delay.",
     form=ArithmeticForm,
     build=build,
+    work_seconds=lambda p: p["steps"] * (p["delay"] or 0),
     recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))

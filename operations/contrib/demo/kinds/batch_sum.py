@@ -76,5 +76,6 @@ register_kind(Kind(
                           for t in p["tasks"]),
     progress="custom",
     progress_unit="tasks",
+    work_seconds=lambda p: len(p["tasks"]) * (p["max_seconds"] or 0),
     recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
 ))
