@@ -204,6 +204,14 @@ transitions and exactly its rows.
 
 {other_table(runs, "load")}
 
+## Clean stop
+
+Ctrl-C (SIGINT to honcho) of `make run` at random moments — idle, mid-step, mid-checkpoint — must
+leave no process of it after 10 s (`tests/faults/test_stop.py`, twice as many rounds as the
+faults' seeds):
+
+{case_list(cases, "test_stop")}
+
 ## Bad input
 
 Each case asserts the message (naming the file, line and column, or the parameter) and that
