@@ -29,11 +29,11 @@ from django.utils import timezone
 
 from operations import services
 from operations.contrib.demo.conf import conf as demo_conf
-from operations.contrib.demo.files import write_demo_csv
 from operations.models import Operation, OperationEvent
 from operations.states import TERMINAL, Status
 from tests.faults.checker import rows_checksum
 from tests.faults.test_faults import Workload, finish_unattended, last_event, verdict
+from tests.support.files import shared_demo_csv
 from tests.support.rss import RssSampler, Timeline, mb, segments
 
 ROWS = int(os.environ.get("TAP_SCALE_ROWS", "300000"))
@@ -46,31 +46,11 @@ CHECKSUM_MAX_ROWS = 1_000_000
 WARM_UP = 0.10
 RSS_BOUND_MB = 50
 SAMPLE_EVERY = 0.1
-SHARED_CSV_DIR = Path(__file__).resolve().parents[2] / "var" / "test" / "scale-csv"
 
 
 def scale_csv(rows):
-    """The demo CSV of ``rows`` rows in the CSV folder, written once and reused by later runs.
-
-    Every backend and slot has a CSV folder of its own: they share one copy of the file through
-    hard links to var/test/scale-csv/ (the rows are the same every time, so a race is harmless)."""
-    path = Path(settings.TAP_CSV_DIR) / f"scale-{rows}.csv"
-    shared = SHARED_CSV_DIR / path.name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(shared, path)
-        except OSError:
-            write_demo_csv(path, rows=rows)
-            shared.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, shared)
-            except OSError:
-                pass
-    size = path.stat().st_size
-    low, high = BYTES_PER_ROW
-    assert low * rows <= size <= high * rows + 100, f"{path}: {size} bytes for {rows} rows"
-    return path
+    """The demo CSV of ``rows`` rows in the CSV folder, written once and reused by later runs."""
+    return shared_demo_csv(f"scale-{rows}.csv", rows, bytes_per_row=BYTES_PER_ROW)
 
 
 def file_checksum(path):
