@@ -8,8 +8,10 @@ settings; authentication follows the host's (see ``authentication_classes``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from django import forms
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -20,17 +22,18 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ParseError, PermissionDenied
+from rest_framework.exceptions import APIException, ParseError, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 
-from . import __version__, jsonlimits, selectors, services
+from . import __version__, jsonlimits, paramschema, selectors, services
+from .catalogue import all_kinds, get_kind
 from .conf import conf
-from .exceptions import http_status_for
+from .exceptions import UnknownKind, http_status_for
 from .models import Operation
 from .serializers import ErrorSerializer, OperationListSerializer, OperationSerializer
 from .states import Status
@@ -63,6 +66,8 @@ class ControlThrottle(ScopedRateThrottle):
 
 
 class OperationPage(PageNumberPagination):
+    """``?page=N``; a page past the last (or 0) is a 404, as in DRF."""
+
     def get_page_size(self, request: Any) -> int:
         return conf.API_PAGE_SIZE
 
@@ -106,7 +111,7 @@ class BodyTooLarge(APIException):
 class AppAPIView:
     """Mixed into every API view of the app (and of its contrib apps)."""
 
-    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
+    parser_classes = [BoundedJSONParser, MultiPartParser]  # what the schema documents
 
     permission_classes = [IsAuthenticated]
     schema = AutoSchema()
@@ -120,10 +125,38 @@ class AppAPIView:
         return [ControlThrottle()] if self.request.method == "POST" else []
 
     def handle_exception(self, exc: Exception) -> Any:
-        """Django's RequestDataTooBig would be an HTML 400 without a reason: a JSON 413 naming the limit."""
+        """Every refusal in the one error shape (``ErrorSerializer``): a serializer's field errors
+        become ``detail`` + ``errors``, like the services' InvalidParams; Django's RequestDataTooBig,
+        an HTML 400 without a reason, becomes a JSON 413 naming the limit."""
         if isinstance(exc, RequestDataTooBig):
             exc = BodyTooLarge()
+        if isinstance(exc, ValidationError) and not isinstance(exc.detail, str):
+            return error_response(services.InvalidParams(field_errors(exc.detail)))
         return super().handle_exception(exc)  # type: ignore[misc]
+
+
+def field_errors(detail: Any, where: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail as {"path": [messages]} (``tasks[0].paramA``)."""
+    if isinstance(detail, dict):
+        found: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            if key == api_settings.NON_FIELD_ERRORS_KEY:
+                path = where
+            elif isinstance(key, int) or str(key).isdigit():  # a list's item
+                path = f"{where}[{key}]"
+            else:
+                path = f"{where}.{key}" if where else str(key)
+            found.update(field_errors(value, path))
+        return found
+    if isinstance(detail, list) and detail and all(isinstance(item, str) for item in detail):
+        return {where or "__all__": [str(item) for item in detail]}
+    if isinstance(detail, list):
+        found = {}
+        for index, item in enumerate(detail):
+            if item:
+                found.update(field_errors(item, f"{where}[{index}]"))
+        return found
+    return {where or "__all__": [str(detail)]}
 
 
 #: What every endpoint may answer besides its own: not logged in, not allowed, and for state
@@ -141,8 +174,17 @@ def error_response(exc: services.OperationError, **extra: Any) -> Response:
 
 
 class StartSerializer(serializers.Serializer):
+    """The body of a start. Its schema is typed per kind (``typed_starts``); in JSON the params
+    are checked against their kind's schema (operations.paramschema) before the kind's form."""
+
     kind = serializers.CharField()
     params = serializers.JSONField(required=False, default=dict)
+
+    def validate_kind(self, value: str) -> str:
+        try:
+            return get_kind(value).name
+        except UnknownKind as exc:  # its message lists the known kinds
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate_params(self, value):
         if isinstance(value, str):  # a multipart request sends params as JSON text
@@ -172,16 +214,21 @@ class ListQuery(serializers.Serializer):
     status = CommaSeparated(child=serializers.ChoiceField(choices=Status.values), required=False,
                             help_text="One status or several, comma-separated.")
     kind = CommaSeparated(child=serializers.CharField(), required=False, help_text="One kind or several.")
-    owner = serializers.CharField(required=False, help_text="A username (staff only).")
+    owner = serializers.CharField(required=False, help_text="A username. People other than staff see only "
+                                  "their own operations, so another owner's name gives an empty list.")
     created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
     created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
     ordering = serializers.ChoiceField(choices=selectors.LIST_ORDERINGS, required=False, default="-created_at")
 
-    def validate_owner(self, value: str) -> str:
-        user = self.context["request"].user
-        if not user.is_staff:
-            raise serializers.ValidationError("only staff may list other users' operations")
-        return value
+    def to_internal_value(self, data: Any) -> Any:
+        """``?owner=`` is refused, not read as "no filter" (DRF's way with form input): the
+        schema says a parameter that is given has a value. A list given empty is an empty list."""
+        blank = {name: ["give a value, or leave the parameter out"] for name, field in self.fields.items()
+                 if hasattr(data, "getlist") and name in data and not isinstance(field, CommaSeparated)
+                 and not any(v.strip() for v in data.getlist(name))}
+        if blank:
+            raise serializers.ValidationError(blank)
+        return super().to_internal_value(data)
 
 
 class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -190,6 +237,7 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     serializer_class = OperationSerializer
     queryset = Operation.objects.none()  # for the schema; requests use get_queryset()
     pagination_class = OperationPage
+    lookup_value_regex = "[^/]+"  # a bad id is the API's JSON 404, not the site's HTML one
 
     def get_queryset(self):
         if self.action != "list":
@@ -199,7 +247,7 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
         return selectors.operation_list(user=self.request.user, **query.validated_data)
 
     @described(parameters=[ListQuery], responses={200: OperationListSerializer(many=True), **REFUSALS_READ,
-                                                  400: ErrorSerializer})
+                                                  400: ErrorSerializer, 404: ErrorSerializer})
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
@@ -211,6 +259,12 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     def create(self, request):
         start = StartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
+        if not request.FILES:  # a JSON body: the types its schema declares
+            schema = paramschema.params_schema(get_kind(start.validated_data["kind"]).form)
+            errors = paramschema.errors_against(schema, start.validated_data["params"],
+                                                subject=f" for {start.validated_data['kind']}")
+            if errors:
+                return error_response(services.InvalidParams(errors))
         try:
             operation = services.operation_start(
                 kind=start.validated_data["kind"], params=start.validated_data["params"],
@@ -266,6 +320,76 @@ def only_this_app(endpoints: list[tuple]) -> list[tuple]:
             if getattr(endpoint[3], "cls", None) is not None and issubclass(endpoint[3].cls, AppAPIView)]
 
 
+def _component(prefix: str, kind_name: str) -> str:
+    return prefix + "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", kind_name))
+
+
+def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    """drf-spectacular postprocessing hook: a start's body typed per kind (a oneOf on ``kind``).
+
+    In JSON, ``params`` has its kind's schema (operations.paramschema); with an upload (multipart),
+    the kinds that take a file, the file, and ``params`` (JSON text) without what the file replaces.
+    """
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    json_variants, upload_variants = {}, {}
+    for kind in all_kinds():
+        params = paramschema.params_schema(kind.form)
+        body = {"type": "object", "properties": {"kind": {"type": "string", "enum": [kind.name]}, "params": params},
+                "required": ["kind", "params"] if params.get("required") else ["kind"]}
+        if kind.label:
+            body["description"] = str(kind.label)
+        json_variants[kind.name] = _component("Start", kind.name)
+        schemas[json_variants[kind.name]] = body
+        form = kind.form()
+        uploads = [name for name, field in form.fields.items() if isinstance(field, forms.FileField)]
+        if uploads:
+            replaced = set(getattr(kind.form, "json_required", ()))
+            upload_params = {**params, "properties": {name: value for name, value in params["properties"].items()
+                                                      if name not in replaced}}
+            upload_params.pop("required", None)
+            upload_variants[kind.name] = _component("Upload", kind.name)
+            schemas[upload_variants[kind.name]] = {
+                "type": "object",
+                "properties": {"kind": {"type": "string", "enum": [kind.name]},
+                               **{name: {"type": "string", "format": "binary", "description": str(form.fields[name].help_text)}
+                                  for name in uploads},
+                               "params": upload_params},
+                "required": ["kind", *uploads],
+            }
+
+    def one_of(variants: dict[str, str]) -> dict:
+        refs = {name: f"#/components/schemas/{component}" for name, component in variants.items()}
+        return {"oneOf": [{"$ref": ref} for ref in refs.values()],
+                "discriminator": {"propertyName": "kind", "mapping": refs}}
+
+    schemas["Start"] = one_of(json_variants)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Start"}}}
+    if upload_variants:
+        schemas["StartUpload"] = one_of(upload_variants)
+        content["multipart/form-data"] = {"schema": {"$ref": "#/components/schemas/StartUpload"},
+                                          "encoding": {"params": {"contentType": "application/json"}}}
+    for methods in result.get("paths", {}).values():
+        for operation in methods.values():
+            if operation.get("operationId") == "api_operations_create":
+                operation["requestBody"] = {"content": content, "required": True}
+            _name_inline_body(operation, schemas)
+    return result
+
+
+def _name_inline_body(operation: dict, schemas: dict) -> None:
+    """A body given as a raw schema (extend_schema's dict) becomes a named component, required
+    when it has required fields: named, clients and docs can refer to it."""
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        schema = media.get("schema", {})
+        if "$ref" in schema or schema.get("type") != "object":
+            continue
+        name = _component("", operation["operationId"]) + "Body"
+        schemas[name] = schema
+        media["schema"] = {"$ref": f"#/components/schemas/{name}"}
+        if schema.get("required"):
+            operation["requestBody"]["required"] = True
+
+
 class OperationsSchemaView(SpectacularAPIView):
     """GET /api/schema/: the OpenAPI schema of the app's endpoints, whatever the host's settings."""
 
@@ -274,4 +398,5 @@ class OperationsSchemaView(SpectacularAPIView):
         "DESCRIPTION": "Start, watch, pause, resume, cancel and retry long-running operations.",
         "VERSION": __version__,
         "PREPROCESSING_HOOKS": ["operations.api.only_this_app"],
+        "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "operations.api.typed_starts"],
     }

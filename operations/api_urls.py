@@ -1,9 +1,9 @@
-"""URLs of the JSON API: include() them under "api/" → /api/operations/… and /api/schema/."""
+"""URLs of the JSON API: include() them under "api/" → /api/operations/…, /api/schema/ and /api/docs/."""
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import api
+from . import api, api_docs
 
 router = SimpleRouter()
 router.register("operations", api.OperationViewSet, basename="api-operation")
@@ -11,4 +11,6 @@ router.register("operations", api.OperationViewSet, basename="api-operation")
 urlpatterns = [
     *router.urls,
     path("schema/", api.OperationsSchemaView.as_view(), name="api-schema"),
+    path("docs/", api_docs.docs, name="api-docs"),
+    path("docs/assets/<str:name>", api_docs.asset, name="api-docs-asset"),
 ]

@@ -166,3 +166,14 @@ def test_a_resume_from_the_cli_shows_on_open_pages_without_a_reload(page, subpro
     change.locator(".tap-badge", has_text="Running").first.wait_for(timeout=3_000)
     assert change.locator("button[data-verb=pause]").count() == 1  # the buttons follow the status
     services.operation_cancel(operation=operation.pk, actor="cli")
+
+
+def test_the_api_docs_render_with_nothing_fetched_from_outside(page, live_server):
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.goto("/api/docs/")
+    page.get_by_text("/api/operations/{id}/pause/").first.wait_for()
+    assert page.locator(".opblock").count() >= 7  # list, start, read and the four verbs
+    outside = [url for url in fetched if not url.startswith(live_server.url)]
+    assert outside == [] and any(url.endswith("/api/schema/") for url in fetched), fetched
+    shot(page, "api-docs")

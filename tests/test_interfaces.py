@@ -162,7 +162,7 @@ def test_api_start_validates_params_and_returns_the_contract_shape(people):
                       format="json")
     assert bad.status_code == 400
     assert bad.json()["errors"] == {"steps": ["Ensure this value is greater than or equal to 1."],
-                                    "delay": ["Enter a number."]}
+                                    "delay": ["must be a number, not a string"]}
     unknown = client.post("/api/operations/", {"kind": "nope"}, format="json")
     assert unknown.status_code == 400 and "unknown operation kind 'nope'" in unknown.json()["detail"]
     created = client.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 4}}, format="json")
@@ -184,6 +184,24 @@ def test_the_openapi_schema_is_served(people):
     response = api_client(people["owner"]).get("/api/schema/")
     assert response.status_code == 200
     assert b"/api/operations/{id}/pause/" in response.content and b"/grouptasks" in response.content
+
+
+def test_the_api_docs_are_served_from_the_package_with_no_outside_address(people):
+    page = Client().get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert '"/api/schema/"' in html
+    assert not re.findall(r"""(?:src|href)=["'](?:https?:)?//""", html), "the page loads something from outside"
+    loaded = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert len(loaded) == 4, loaded
+    for url in loaded:
+        asset = Client().get(url)
+        assert asset.status_code == 200, url
+        body = b"".join(asset.streaming_content)
+        assert len(body) > 500 and "max-age" in asset["Cache-Control"], url
+    assert Client().get("/api/docs/assets/swagger-ui-bundle.js")["Content-Type"] == "text/javascript"
+    assert Client().get("/api/docs/assets/..%2Fredoc%2FLICENSE").status_code == 404
+    assert Client().get("/api/docs/assets/LICENSE").status_code == 404
 
 
 def test_page_start_with_bad_params_shows_field_errors_and_starts_nothing(people):
@@ -362,8 +380,11 @@ def test_the_api_list_filters_and_orders_and_refuses_bad_filters_by_name(people)
     assert ids("kind=csv_import") == []
     assert ids(f"created_after={mine[1].created_at.isoformat().replace('+', '%2B')}") == [mine[2].pk, mine[1].pk]
     bad = api.get("/api/operations/?status=sleeping&ordering=colour&created_after=yesterday")
-    assert bad.status_code == 400 and set(bad.json()) == {"status", "ordering", "created_after"}, bad.json()
-    assert "owner" in api.get("/api/operations/?owner=other").json()  # staff only
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"status[0]", "ordering", "created_after"}, bad.json()
+    assert bad.json()["detail"].startswith('status[0]: "sleeping" is not a valid choice.')
+    assert api.get("/api/operations/?owner=").json()["errors"] == {"owner": ["give a value, or leave the parameter out"]}
+    assert api.get("/api/operations/?owner=other").json()["results"] == []  # not staff: only their own
+    assert ids("owner=owner&kind=") == [mine[2].pk, mine[1].pk, mine[0].pk]
     staff = api_client(people["staff_with"])
     listed = staff.get("/api/operations/?owner=other").json()["results"]
     assert [item["id"] for item in listed] == [theirs.pk]

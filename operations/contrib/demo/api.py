@@ -5,15 +5,26 @@ import uuid
 
 from django.http import Http404
 from drf_spectacular.utils import inline_serializer
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from operations import selectors, services
-from operations.api import AppAPIView, actor_of, described
+from operations.api import (
+    REFUSALS,
+    REFUSALS_READ,
+    AppAPIView,
+    BoundedJSONParser,
+    actor_of,
+    described,
+    error_response,
+)
 from operations.models import Operation, StepMember
+from operations.paramschema import errors_against, field_schema
+from operations.serializers import ErrorSerializer
 from operations.workflow import member_task_id
 
+from .kinds.batch_sum import BatchSumForm
 from .selectors import group_status, task_status
 
 GroupTaskSerializer = inline_serializer("GroupTask", {
@@ -23,29 +34,28 @@ GroupTaskSerializer = inline_serializer("GroupTask", {
 })
 
 
-class BatchTaskSerializer(serializers.Serializer):
-    paramA = serializers.FloatField()
-    paramB = serializers.FloatField()
-
-
-class GroupTasksSerializer(serializers.Serializer):
-    tasks = BatchTaskSerializer(many=True)
+#: The original service's body, {"tasks": [...]}: the batch_sum kind's own schema of its tasks.
+GROUP_TASKS_SCHEMA = {"type": "object", "required": ["tasks"], "additionalProperties": False,
+                      "properties": {"tasks": field_schema(BatchSumForm.base_fields["tasks"])}}
 
 
 class GroupTaskCreateView(AppAPIView, APIView):
     """POST /grouptasks {"tasks": [{"paramA": 1, "paramB": 5}, …]} → {"groupTaskId", "taskIds"}."""
 
-    @described(request=GroupTasksSerializer, responses={200: inline_serializer("GroupTaskCreated", {
-        "groupTaskId": serializers.CharField(), "taskIds": serializers.ListField(child=serializers.CharField())})})
+    parser_classes = [BoundedJSONParser]  # the original service's clients send JSON
+
+    @described(request={"application/json": GROUP_TASKS_SCHEMA}, responses={200: inline_serializer("GroupTaskCreated", {
+        "groupTaskId": serializers.CharField(), "taskIds": serializers.ListField(child=serializers.CharField())}),
+        400: ErrorSerializer, 409: ErrorSerializer, 413: ErrorSerializer, **REFUSALS})
     def post(self, request):
-        tasks = request.data.get("tasks") if isinstance(request.data, dict) else None
+        errors = errors_against(GROUP_TASKS_SCHEMA, request.data, subject=" for /grouptasks")
+        if errors:
+            return error_response(services.InvalidParams(errors))
         try:
-            operation = services.operation_start(kind="batch_sum", params={"tasks": tasks}, owner=request.user,
+            operation = services.operation_start(kind="batch_sum", params={"tasks": request.data["tasks"]}, owner=request.user,
                                                  actor=actor_of(request))
-        except services.InvalidParams as exc:
-            return Response({"detail": str(exc), "errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
         except services.OperationError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            return error_response(exc)
         return Response({
             "groupTaskId": str(operation.pk),
             "taskIds": [str(member_task_id(operation.pk, 0, i)) for i in range(len(operation.params["tasks"]))],
@@ -53,11 +63,11 @@ class GroupTaskCreateView(AppAPIView, APIView):
 
 
 class GroupTaskDetailView(AppAPIView, APIView):
-    @described(responses={200: GroupTaskSerializer})
+    @described(responses={200: GroupTaskSerializer, 404: ErrorSerializer, **REFUSALS_READ})
     def get(self, request, group_id):
         try:
-            operation = selectors.operation_get(operation_id=group_id, user=request.user)
-        except Operation.DoesNotExist:
+            operation = selectors.operation_get(operation_id=int(group_id), user=request.user)
+        except (ValueError, Operation.DoesNotExist):
             raise Http404 from None
         if operation.kind != "batch_sum":
             raise Http404
@@ -68,7 +78,7 @@ class TaskDetailView(AppAPIView, APIView):
     @described(responses={200: inline_serializer("Task", {
         "taskId": serializers.CharField(), "taskState": serializers.CharField(),
         "taskSucceeded": serializers.BooleanField(), "result": serializers.JSONField(),
-        "resultReady": serializers.BooleanField()})})
+        "resultReady": serializers.BooleanField()}), 404: ErrorSerializer, **REFUSALS_READ})
     def get(self, request, task_id):
         try:
             task_id = uuid.UUID(str(task_id))

@@ -6,6 +6,6 @@ from . import api
 
 urlpatterns = [
     path("grouptasks", api.GroupTaskCreateView.as_view(), name="grouptasks"),
-    path("grouptasks/<int:group_id>", api.GroupTaskDetailView.as_view(), name="grouptask"),
+    path("grouptasks/<str:group_id>", api.GroupTaskDetailView.as_view(), name="grouptask"),
     path("tasks/<str:task_id>", api.TaskDetailView.as_view(), name="task"),
 ]

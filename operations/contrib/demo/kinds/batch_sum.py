@@ -38,6 +38,9 @@ def _number(value):
 
 class BatchSumForm(KindForm):
     tasks = BoundedJSONField(help_text='A list of {"paramA": number, "paramB": number}.')
+    tasks.json_schema = {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {
+        "type": "object", "required": ["paramA", "paramB"], "additionalProperties": False,
+        "properties": {"paramA": {"type": "number"}, "paramB": {"type": "number"}}}}
     min_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
                                    help_text="Each task takes at least this long.")
     max_seconds = forms.FloatField(required=False, min_value=0, max_value=600,
@@ -48,8 +51,8 @@ class BatchSumForm(KindForm):
     def clean(self):
         cleaned = super().clean()
         low, high = cleaned.get("min_seconds"), cleaned.get("max_seconds")
-        if low is not None and high is not None and low > high:
-            self.add_error("max_seconds", "must not be less than min_seconds")
+        if low is not None and high is not None and low > high:  # a range given high to low
+            cleaned["min_seconds"], cleaned["max_seconds"] = high, low
         return cleaned
 
     def clean_tasks(self):

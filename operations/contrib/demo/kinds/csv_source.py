@@ -9,6 +9,7 @@ from operations.catalogue import InvalidParams
 
 from ..conf import conf
 from ..csvio import CsvFileError, start_state
+from ..files import PEOPLE_HEADER, RECORD_HEADER
 from .chunking import ChunkedForm
 
 
@@ -24,19 +25,39 @@ def server_files():
     return sorted(p.name for p in folder.glob("*.csv") if p.is_file()) if folder and folder.is_dir() else []
 
 
+def path_schema(form):
+    """The API's schema of ``path``: one of the files in the CSV folder now whose first line is
+    the form's header (read per request, a line per file)."""
+    names = [name for name in server_files() if _first_line(csv_dir() / name) == form.header]
+    return {"type": "string", "enum": names} if names else {"type": "string", "maxLength": 255}
+
+
+def _first_line(path):
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return tuple(field.strip().lower() for field in f.readline(4096).split(","))
+    except OSError:
+        return None
+
+
 class CsvSourceForm(ChunkedForm):
     file = forms.FileField(required=False, help_text="Upload a CSV file.")
     path = forms.CharField(required=False, max_length=255,
                            help_text="Or the name of a CSV file in the server's CSV folder.")
+    path.json_schema = path_schema
     field_order = ["file", "path"]
+    #: A JSON request cannot carry an upload: there the server-side file is required.
+    json_required = ("path",)
     setting_defaults = {"chunk_rows": lambda: conf.CSV_CHUNK_ROWS}
-    #: The demo file of the format this kind reads, named in the help.
+    #: The demo file of the format this kind reads, named in the help, and that format's header.
     example_file = "demo-records.csv"
+    header = RECORD_HEADER
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["path"].help_text = (f"Or the name of a CSV file in the server's CSV folder "
                                          f"(e.g. {self.example_file}).")
+        self.fields["file"].help_text = f"Upload a CSV file whose first line is {','.join(self.header)}."
         # On the New page, a list of the server's files (the demo files among them).
         self.fields["path"].widget = forms.Select(
             choices=[("", "— or pick a file on the server —")] + [(name, name) for name in server_files()])
@@ -90,6 +111,7 @@ def start_again_from(params):
 
 class PeopleCsvForm(CsvSourceForm):
     example_file = "demo-people.csv"
+    header = PEOPLE_HEADER
 
 
 def prepare_source(header):
