@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # building operations
     "step": "operations.workflow",
+    "checkpoint": "operations.workflow",
+    "should_stop": "operations.workflow",
     "StepContext": "operations.engine",
     "Kind": "operations.catalogue",
     "KindForm": "operations.catalogue",
@@ -110,5 +112,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
         Status as Status,
     )
     from .workflow import (
+        checkpoint as checkpoint,
+        should_stop as should_stop,
         step as step,
     )

@@ -22,14 +22,14 @@ from typing import Any
 
 from django.db import close_old_connections, transaction
 
-from . import services
+from . import selectors, services
 from .catalogue import get_kind
 from .conf import conf, heartbeat_interval
-from .exceptions import DATA_ERROR_NOTE, DataError, StopStep
+from .exceptions import DATA_ERROR_NOTE, DataError, MemberStopped, StopStep
 from .models import Operation
 from .outages import is_outage
 from .states import Status
-from .workflow import STEPS, is_pause_point, step_arguments
+from .workflow import STEPS, is_pause_point, step_arguments, watching_member
 
 log = logging.getLogger("operations.engine")
 
@@ -322,10 +322,17 @@ def run_member(task, operation_id, run_token, index, member_index):
         with heartbeat.beating(operation_id, run_token):
             hit, result = services.cache_get(spec, args, kwargs)
             if not hit:
-                result = spec.func(*args, **kwargs)
+                with watching_member(lambda: selectors.run_is_running(operation_id=operation_id,
+                                                                       run_token=run_token)):
+                    result = spec.func(*args, **kwargs)
             status = services.member_finish(operation_id, run_token, index, member_index, result,
                                             spec=spec, args=args, kwargs=kwargs, cached=hit,
                                             count_members=not run.count_steps)
+    except MemberStopped:  # at its checkpoint: a pause or cancel is pending, or the run moved on
+        status = services.member_stop(operation_id, run_token, index, member_index, entry)
+        if status is not None and status != Status.RUNNING:  # RUNNING: the pause was withdrawn, sent again
+            _settle_group(run, index, status)
+        return
     except services.Fenced as exc:
         log.warning("%s: this member's result was discarded", exc)
         return
@@ -346,7 +353,7 @@ def _settle_group(run, index, status):
     if remaining == 0:
         _finish_group(run, index)
     elif status != Status.RUNNING and started == 0:
-        run.stop_here(status, index, where=f"in step {index + 1} of {run.length}, with {remaining} task(s) not started")
+        run.stop_here(status, index, where=f"in step {index + 1} of {run.length}, with {remaining} task(s) not finished")
 
 
 def _finish_group(run, index):

@@ -84,3 +84,9 @@ class StopStep(Exception):
     def __init__(self, status: str):
         super().__init__(status)
         self.status = status
+
+
+class MemberStopped(Exception):
+    """Internal: raised by ``operations.checkpoint()`` in a group member whose operation no longer
+    runs (a pause or cancel pending, or another run owns it). The engine puts the member back to
+    pending, unfinished: no result, no retry, no failure. A member must let it propagate."""

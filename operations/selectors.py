@@ -40,6 +40,12 @@ def operation_get(*, operation_id, user=None):
     return operation_list(user=user).get(pk=operation_id)
 
 
+def run_is_running(*, operation_id: int, run_token: int) -> bool:
+    """Whether run ``run_token`` still runs: no pause or cancel pending, and no other run took over
+    (one indexed read; group members ask it through ``operations.checkpoint()``)."""
+    return Operation.objects.filter(pk=operation_id, run_token=run_token, status=Status.RUNNING).exists()
+
+
 def can_control(user, operation, verb):
     """Owners control their operations; staff control others' with the verb's model permission."""
     if not user.is_authenticated:

@@ -194,7 +194,27 @@ def _cancel(operation_id, name, actor, *, token=None):
             return None
         note = _compensate(operation_id, row[1])
         _event(operation_id, actor, row[0], Status.CANCELLED, f"compensation: {note}")
+        _revoke_members_on_commit(operation_id)
         return row
+
+
+def _revoke_members_on_commit(operation_id):
+    """Revoke the unfinished group members of a cancelled operation, so their waiting messages do
+    not take a worker each. Only once cancelled: a member's task id is the same in every run, and
+    a worker drops a revoked id for hours. Best effort: a member that starts anyway finds its
+    operation cancelled at the claim and does nothing."""
+    task_ids = [str(task_id) for task_id in StepMember.objects.filter(operation_id=operation_id)
+                .exclude(state=StepMember.State.SUCCESS).values_list("task_id", flat=True)]
+    if task_ids:
+        transaction.on_commit(partial(_revoke, operation_id, task_ids), robust=True)
+
+
+def _revoke(operation_id, task_ids):
+    # One short try to reach the broker: a revoke is not worth a worker or a request hanging on it.
+    with current_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+        current_app.control.revoke(task_ids, connection=connection)
+    log.info("operation %s: revoked %s unfinished task(s)", operation_id, len(task_ids))
 
 
 def _refuse(operation_id, actor, verb, reason, *, record=False):
@@ -693,6 +713,28 @@ def member_start(operation_id, run_token, index, member_index):
     return _member(operation_id, index, member_index).filter(
         state=StepMember.State.PENDING, operation__run_token=run_token, operation__status=Status.RUNNING,
     ).update(state=StepMember.State.STARTED) == 1
+
+
+def member_stop(operation_id, run_token, index, member_index, entry):
+    """A member stopped at a checkpoint: STARTED → PENDING, unfinished; returns the operation's
+    status, or None if this run no longer owns it.
+
+    The member's row and then the operation's, in one transaction: the operation's row lock orders
+    this against a withdrawn pause, so if the pause was withdrawn meanwhile the member is sent
+    again here (the withdrawal only sends members that were pending)."""
+    with transaction.atomic():
+        if not _member(operation_id, index, member_index).filter(state=StepMember.State.STARTED).update(
+                state=StepMember.State.PENDING):
+            return None
+        row = bus.update(operation_id, {"heartbeat_at": timezone.now()},
+                         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
+                         returning=("status",))
+        if row is None:
+            return None
+        if row[0] == Status.RUNNING:
+            task_id = _member(operation_id, index, member_index).values_list("task_id", flat=True).get()
+            _dispatch_member_on_commit(operation_id, run_token, index, member_index, task_id, entry)
+        return row[0]
 
 
 def member_reset(operation_id, index, member_index):

@@ -17,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -26,7 +29,7 @@ from celery import shared_task
 from celery.canvas import Signature, _chain, chord, group
 from django.utils.crypto import salted_hmac
 
-from .exceptions import WorkflowError
+from .exceptions import MemberStopped, WorkflowError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -224,3 +227,58 @@ def member_task_id(operation_id, index, member_index):
 def is_pause_point(index, plan_pause_every, length):
     """Step boundaries where a pending pause or cancel is obeyed: every nth, and the end."""
     return index % plan_pause_every == 0 or index >= length
+
+
+# --- checkpoints of group members ------------------------------------------------------------
+
+#: A long group member reads its operation's row at most this often, however often it asks.
+MEMBER_CHECK_SECONDS = 0.5
+
+
+class _MemberWatch:
+    """Whether the run a member belongs to still runs, read from the row at most every ``every`` s."""
+
+    def __init__(self, still_running: Callable[[], bool], every: float):
+        self._still_running = still_running
+        self._every = every
+        self._next = time.monotonic() + every  # the member's claim has just read the row
+        self.stopped = False
+
+    def should_stop(self) -> bool:
+        if not self.stopped and time.monotonic() >= self._next:
+            self.stopped = not self._still_running()
+            self._next = time.monotonic() + self._every
+        return self.stopped
+
+
+_MEMBER_WATCH: ContextVar[_MemberWatch | None] = ContextVar("operations_member_watch", default=None)
+
+
+@contextmanager
+def watching_member(still_running: Callable[[], bool], *, every: float | None = None) -> Iterator[None]:
+    """Set by the engine around a group member's body, so :func:`checkpoint` can answer cheaply."""
+    watch = _MemberWatch(still_running, MEMBER_CHECK_SECONDS if every is None else every)
+    token = _MEMBER_WATCH.set(watch)
+    try:
+        yield
+    finally:
+        _MEMBER_WATCH.reset(token)
+
+
+def should_stop() -> bool:
+    """In a group member: whether its operation no longer runs (pause or cancel requested, or
+    another run owns it), so the member's work would be thrown away. False outside a member.
+
+    Cheap enough to call in a tight loop: the row is read at most every MEMBER_CHECK_SECONDS."""
+    watch = _MEMBER_WATCH.get()
+    return watch is not None and watch.should_stop()
+
+
+def checkpoint() -> None:
+    """In a long group member: stop here if its operation no longer runs (see :func:`should_stop`).
+
+    Raises MemberStopped, which the engine catches: the member goes back to pending, unfinished
+    (no result, no retry, no failure) and runs again from the start if the operation resumes —
+    members must be idempotent. Frees the worker within one check of a pause or cancel."""
+    if should_stop():
+        raise MemberStopped()

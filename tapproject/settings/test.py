@@ -46,6 +46,9 @@ from .base import DATABASES, VAR_DIR  # noqa: E402
 
 DEBUG = False
 CELERY_TASK_DEFAULT_QUEUE = f"celery{_suffix}"
+# Broadcasts too (a cancelled batch's revokes): on a shared RabbitMQ, another slot's workers would
+# drop their own tasks of the same ids (the same test SECRET_KEY, the same operation ids).
+CELERY_CONTROL_EXCHANGE = f"celery{_suffix}"
 SECRET_KEY = "test-only-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
 ALLOWED_HOSTS = ["*"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -2,7 +2,8 @@
 
 The tasks run in parallel as the members of one group step: progress comes from a counter on the
 operation row, a pause holds the members not yet started, and a task whose inputs were computed
-before takes its result from the step cache at once, without running.
+before takes its result from the step cache at once, without running. A running task stops at
+its next checkpoint (every 0.2 s) once a pause or cancel is requested, and runs again on resume.
 """
 
 import math
@@ -14,18 +15,25 @@ from django import forms
 
 from operations import BoundedJSONField
 from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, register_kind
-from operations.workflow import step
+from operations.workflow import checkpoint, step
 
 from ..conf import conf
 
 MAX_TASKS = 1000
 
 
+#: A task sleeps in slices this long and checks between them, so a cancel frees its worker at once.
+SLICE_SECONDS = 0.2
+
+
 @step(name="operations.batch_add", atomic=False, cache=True, cache_exclude=("seconds",))
 def batch_add(param_a, param_b, seconds=(0, 0)):
     """paramA + paramB, taking a random time within ``seconds`` (the original service's 3–10 s)."""
     if seconds[1] > 0:
-        time.sleep(random.uniform(*seconds))
+        deadline = time.monotonic() + random.uniform(*seconds)
+        while (left := deadline - time.monotonic()) > 0:
+            checkpoint()  # a pause or cancel stops the task here; it runs again on resume
+            time.sleep(min(left, SLICE_SECONDS))
     return param_a + param_b
 
 
