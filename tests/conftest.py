@@ -186,3 +186,12 @@ def beat(worker, subprocess_env, worker_log_dir):
         yield process.wait_reconciling()
     finally:
         process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters():
+    """Each test starts with no throttle history: the cache (files under the slot's var/) would
+    otherwise carry the control throttle's counts from earlier tests and sessions of the minute."""
+    from django.core.cache import cache
+
+    cache.clear()
