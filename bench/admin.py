@@ -1,4 +1,5 @@
-"""The admin changelist, its search and the API list with many operations: latency and queries.
+"""The admin changelist, its search, the API list and the live pages' polls with many operations:
+latency and queries.
 
     .venv/bin/python bench/admin.py [--operations 100000] [--rounds 15]
 
@@ -7,7 +8,9 @@ then, through Django's test client in this process (DEBUG off, as in production)
 page ``--rounds`` times, interleaved, and prints the median and 90th percentile latency and the
 number of queries of each, against the target: a median under 150 ms and a query count that does
 not grow with the table. The baseline, measured in the same rounds, is the bare ORM query of one
-page of 50 rows (what no page can be faster than). A report, not a test: it exits 0.
+page of 50 rows (what no page can be faster than). The live pages poll (htmx on the app's pages,
+admin-live.js in the admin): the cost of that choice is printed as the server time a hundred
+open tabs take per second. A report, not a test: it exits 0.
 """
 
 import argparse
@@ -19,6 +22,9 @@ from common import ROOT, configure_environment, database_url, reset_database, se
 
 DB = "tapbench_admin"
 TARGET_MS = 150
+#: How often each live page polls while an operation may still change (operations/views.py,
+#: list.html, admin-live.js); a paused or failed operation's page polls half as often.
+POLLS = {"live poll: /operations/ list": 2, "live poll: a running operation": 1, "live poll: admin changelist": 2}
 
 
 def fill(count, owners=200):
@@ -89,8 +95,14 @@ def main():
     boss = User.objects.create_superuser("bench-admin", password="pw-bench-12345")
     client = Client()
     client.force_login(boss)
+    people = Client()  # an owner of options.operations / 200 operations, on their own list
+    people.force_login(User.objects.get(username=owner))
     api = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=boss).key}")
     some_id = options.operations // 2
+    from operations.models import Operation
+    from operations.states import Status
+
+    running_id = Operation.objects.filter(status=Status.RUNNING).values_list("id", flat=True).first()
     pages = {
         "admin changelist": (client, "/admin/operations/operation/"),
         "admin changelist, status filter": (client, "/admin/operations/operation/?status__exact=failed"),
@@ -100,6 +112,9 @@ def main():
         "admin operation page": (client, f"/admin/operations/operation/{some_id}/change/"),
         "API list": (api, "/api/operations/"),
         "API list, filtered": (api, "/api/operations/?status=failed&kind=csv_import"),
+        "live poll: /operations/ list": (people, "/operations/"),
+        "live poll: a running operation": (client, f"/operations/{running_id}/progress/"),
+        "live poll: admin changelist": (client, "/admin/operations/operation/"),
     }
     timings = {name: [] for name in [*pages, "baseline: one page of 50 rows"]}
     queries = {}
@@ -123,6 +138,10 @@ def main():
         missed += verdict == "MISS"
         print(f"{name:<34} {median:>10.1f} {p90:>8.1f} {queries[name]:>8} {median / base:>11.1f}  {verdict}")
     print(f"\n{options.operations:,} operations; target: median under {TARGET_MS} ms; {missed} page(s) missed it")
+    for name, every in POLLS.items():
+        median = statistics.median(timings[name])
+        print(f"{name}: every {every:g} s, 100 open tabs take {100 * median / 1000 / every:.2f} s of server time "
+              f"per second ({median:.1f} ms a poll)")
     return 0
 
 

@@ -29,7 +29,7 @@ from celery import chain
 from django import forms
 
 from bench import common
-from operations.catalogue import Kind, KindForm, register_kind
+from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, register_kind
 
 DATABASE = "tapbench"
 DATABASE_URL = common.database_url(DATABASE)
@@ -72,6 +72,7 @@ register_kind(Kind(
     description="bench/overhead.py: a chain of add steps, 0 + 1 + 1 + …",
     form=BenchChainForm,
     build=lambda params: add_chain(params["steps"]),
+    recovery=AUTO_RECOVERY,  # as the demo kinds: sticky continuation on (TAP_STICKY_STEPS)
 ))
 
 

@@ -43,6 +43,11 @@ def positive_int(value: Any) -> str | None:
     return None if ok else "a positive integer"
 
 
+def non_negative_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "an integer, 0 or more"
+
+
 def positive_int_or_none(value: Any) -> str | None:
     return None if value is None else positive_int(value)
 
@@ -162,6 +167,15 @@ OPTIONS = [
            "PostgreSQL: whether a step's advance waits for the WAL flush. Off, a database crash can undo "
            "the last fraction of a second of advances, each with its step's own writes, so those steps "
            "run again. Status changes and in-step checkpoints always commit durably."),
+    Option("STICKY_STEPS", 100, non_negative_int,
+           "Steps a worker runs one after the other without a broker round trip when the next step "
+           "of a chain is due on the same queue (sticky continuation), before it hands the rest to "
+           "the broker, behind the other operations' steps. 0 or 1: every step through the broker. "
+           "Only for kinds whose recovery resumes by itself: a slice lost with its worker is "
+           "brought back by beat, not by the broker."),
+    Option("STICKY_SECONDS", 1.0, non_negative_number,
+           "At most this long per sticky slice, however few steps it ran: long chains of slow "
+           "steps hand over to the broker as often as this, so they cannot starve other operations."),
     Option("KIND_MODULES", [], module_names,
            "Modules that register operation kinds, besides each installed app's operation_kinds module."),
     Option("UPLOAD_DIR", _default_upload_dir, path_or_none,

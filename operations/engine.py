@@ -1,11 +1,14 @@
-"""The engine: runs one step of an operation per broker message, and decides what comes next.
+"""The engine: runs the steps of an operation, one broker message per step or per sticky slice.
 
 A message names only ``(operation_id, run_token, index)``. Per step the engine makes one round
-trip before the step (heartbeat + status + position, ``services.step_claim``) and one transaction
-after it (the step's own writes when ``atomic``, the advance guarded by token and fence, and then
+trip before the step (heartbeat + status + position, ``services.step_claim``, which is also the
+connection's health check) and one transaction after it (the step's own writes when ``atomic``,
+the advance guarded by token and fence — a single statement when it is the only write — and then
 either the next message on commit, or — at a pause point with a pause or cancel pending, or after
-the last step — the transition that stops the chain). The plan itself is read once per run and
-cached, so a step costs the same at the start of a 1000-step workflow as at its end.
+the last step — the transition that stops the chain). In a sticky slice (``Slice``) the advance of
+step i is also the claim of step i+1, which the same worker runs at once: one statement per
+trivial step, no broker hop. The plan is read once per run and cached, so a step costs the same
+at the start of a 1000-step workflow as at its end.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 
 from . import selectors, services
 from .catalogue import get_kind
@@ -49,10 +52,11 @@ def _plan(operation_id, run_token):
     workflow, kind = Operation.objects.filter(pk=operation_id).values_list("workflow", "kind").get()
     try:
         spec = get_kind(kind)
-        count_steps, poison_limit = spec.progress == "steps", spec.recovery_policy().poison_limit
+        policy = spec.recovery_policy()
+        count_steps, poison_limit, recovers = spec.progress == "steps", policy.poison_limit, policy.auto_resume
     except LookupError:
-        count_steps, poison_limit = True, conf.POISON_LIMIT
-    plan = (workflow["steps"], workflow["pause_every"], count_steps, poison_limit)
+        count_steps, poison_limit, recovers = True, conf.POISON_LIMIT, False
+    plan = (workflow["steps"], workflow["pause_every"], count_steps, poison_limit, recovers)
     _PLANS[key] = plan
     if len(_PLANS) > _PLANS_MAX:
         _PLANS.popitem(last=False)
@@ -167,14 +171,36 @@ class StepContext:
 # --- one step ---------------------------------------------------------------------------------
 
 
+class Slice:
+    """A sticky slice: the steps one message runs in a row, within TAP_STICKY_STEPS and
+    TAP_STICKY_SECONDS. Only kinds whose recovery resumes by itself run more than one step per
+    message: if the worker dies mid-slice, the broker gives back the slice's first message, which
+    is stale by then, and beat's reconciler brings the operation back after the lease."""
+
+    def __init__(self, run):
+        self.started = time.monotonic()
+        self.steps = 1
+        self.limit = conf.STICKY_STEPS if run.recovers else 1
+
+    def may_continue(self, run, following):
+        if self.steps >= self.limit or time.monotonic() - self.started >= conf.STICKY_SECONDS:
+            return False
+        entry, previous = run.steps[following], run.steps[following - 1]
+        return "group" not in entry and services.step_route(entry) == services.step_route(previous)
+
+
 class Run:
     """What a message needs to know about its run: the plan (cached), and how to move on."""
 
     def __init__(self, operation_id, run_token):
         self.operation_id = operation_id
         self.run_token = run_token
-        self.steps, self.pause_every, self.count_steps, self.poison_limit = _plan(operation_id, run_token)
+        (self.steps, self.pause_every, self.count_steps, self.poison_limit,
+         self.recovers) = _plan(operation_id, run_token)
         self.length = len(self.steps)
+        self.slice = Slice(self)
+        #: The claim of the next step when this worker runs it itself (set by a committed advance).
+        self.continue_with = None
 
     def stop_here(self, status, index, result=None, where=None):
         """At a pause point: obey a pending pause or cancel, or complete after the last step."""
@@ -182,7 +208,8 @@ class Run:
                                                  length=self.length, result=result, where=where)
 
     def advance(self, fence, index, result):
-        """Inside the step's transaction: move past step ``index``, then dispatch or stop."""
+        """Move past step ``index`` (in the step's transaction, or alone when it is the step's only
+        write), then continue here, dispatch or stop."""
         status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
                                        count_step=self.count_steps)
         # Registered before the dispatch, so it runs first on commit: the heartbeat stops before
@@ -191,17 +218,49 @@ class Run:
         following = index + 1
         stops = following >= self.length or (
             status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length))
-        if not (stops and self.stop_here(status, following, result)):
-            services.dispatch_on_commit(self.operation_id, self.run_token, following, self.steps)
+        if stops and self.stop_here(status, following, result):
+            return
+        if status == Status.RUNNING and following < self.length and self.slice.may_continue(self, following):
+            # The advance is the claim of the next step: same status read, the fence it set.
+            claim = services.Claim(status, following, fence + 1, result, None)
+            transaction.on_commit(lambda: setattr(self, "continue_with", claim))
+            return
+        services.dispatch_on_commit(self.operation_id, self.run_token, following, self.steps)
 
 
 def run_step(task, operation_id, run_token, index):
-    """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale."""
-    claim = services.step_claim(operation_id, run_token)
+    """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale; then,
+    in a sticky slice, the steps after it that this worker may run itself."""
+    claim = _claim(operation_id, run_token)
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return
     run = Run(operation_id, run_token)
+    while True:
+        _run_claimed(task, run, index, claim)
+        if run.continue_with is None:
+            return
+        claim, run.continue_with = run.continue_with, None
+        index = claim.step_index
+        run.slice.steps += 1
+        # A retry of this step re-sends its own message, as if it had come through the broker.
+        task.request.args, task.request.retries = [operation_id, run_token, index], 0
+
+
+def _claim(operation_id, run_token):
+    """The claim, which is also the connection's health check: a connection that broke while
+    idle is opened again once (tasks skip Django's SELECT 1 before every step)."""
+    try:
+        return services.step_claim(operation_id, run_token)
+    except (OperationalError, InterfaceError):
+        if transaction.get_connection().in_atomic_block:
+            raise
+        transaction.get_connection().close()
+        return services.step_claim(operation_id, run_token)
+
+
+def _run_claimed(task, run, index, claim):
+    operation_id, run_token = run.operation_id, run.run_token
     if claim.deaths >= run.poison_limit and claim.status == Status.RUNNING:
         # It lost that many workers without getting further: it would only kill one more.
         services.operation_poisoned(operation_id, run_token, index=index, deaths=claim.deaths,
@@ -235,8 +294,11 @@ def run_step(task, operation_id, run_token, index):
             else:
                 if not hit:
                     result = spec.func(*args, **kwargs)
-                with transaction.atomic():
-                    services.cache_put(spec, args, kwargs, result)
+                if spec.cache:
+                    with transaction.atomic():
+                        services.cache_put(spec, args, kwargs, result)
+                        run.advance(ctx.fence, index, result)
+                else:  # the advance is the only write: one statement, no BEGIN and COMMIT around it
                     run.advance(ctx.fence, index, result)
     except StopStep as stop:
         if not run.stop_here(stop.status, index, where=f"inside step {index + 1} of {run.length}, at its last checkpoint"):
@@ -299,7 +361,7 @@ def _fan_out(run, index, members):
 
 def run_member(task, operation_id, run_token, index, member_index):
     """Execute one member of group step ``index``; the last one to finish advances the step."""
-    claim = services.step_claim(operation_id, run_token)
+    claim = _claim(operation_id, run_token)
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return

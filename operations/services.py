@@ -139,7 +139,7 @@ def dispatch_on_commit(operation_id, run_token, index, steps):
     The message names only (operation, run token, step); the plan stays in the row. If the
     publish fails, the row still says running and the reconciler notices the silence.
     """
-    route = _route(steps[index]) if index < len(steps) else {}
+    route = step_route(steps[index]) if index < len(steps) else {}
 
     def publish():
         current_app.send_task(RUN_STEP_TASK, args=[operation_id, run_token, index], **route)
@@ -147,7 +147,8 @@ def dispatch_on_commit(operation_id, run_token, index, steps):
     transaction.on_commit(publish, robust=True)
 
 
-def _route(entry):
+def step_route(entry):
+    """Where a step's message goes: its queue and priority options (none: the default queue)."""
     options = entry.get("options", {})
     return {key: options[key] for key in ("queue", "priority") if key in options}
 
@@ -505,11 +506,12 @@ def _death_counted():
 
 
 def step_worker_lost(operation_id, run_token, index):
-    """A worker's main process saw the pool process running step ``index`` die (killed, out of
-    memory): one more death towards the poison limit; the broker gives the message back."""
+    """A worker's main process saw the pool process running the message of step ``index`` die
+    (killed, out of memory): one more death towards the poison limit; the broker gives the
+    message back. The head may be past ``index``: a sticky slice started there and died further on."""
     return bus.update(operation_id, _death_counted(),
                       [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token]),
-                       (f"{bus.column('step_index')} = %s", [index])], returning=("deaths",)) is not None
+                       (f"{bus.column('step_index')} >= %s", [index])], returning=("deaths",)) is not None
 
 
 def _guarded(run_token, fence):
@@ -699,7 +701,7 @@ def group_fan_out(operation_id, run_token, index, members, *, count_members):
 def _dispatch_member_on_commit(operation_id, run_token, index, member_index, task_id, entry):
     def publish():
         current_app.send_task(RUN_MEMBER_TASK, args=[operation_id, run_token, index, member_index],
-                              task_id=str(task_id), **_route(entry))
+                              task_id=str(task_id), **step_route(entry))
 
     transaction.on_commit(publish, robust=True)
 

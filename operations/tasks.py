@@ -8,7 +8,7 @@ from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.signals import task_prerun
 from celery.worker.request import Request
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import engine, services
 
@@ -31,10 +31,22 @@ class StepRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
+#: Tasks whose first statement, the claim, checks the connection itself (engine._claim).
+CLAIMING_TASKS = {"operations.run_step", "operations.run_member"}
+
+
 @task_prerun.connect
-def _drop_stale_connections(**kwargs):
-    """Keep healthy connections across tasks (CELERY_DB_REUSE_MAX), drop broken or old ones."""
+def _drop_stale_connections(task=None, **kwargs):
+    """Keep healthy connections across tasks (CELERY_DB_REUSE_MAX), drop broken or old ones.
+
+    A step's claim is its health check: a connection that broke while idle fails the claim's
+    UPDATE, and the engine opens a new one and claims again. So steps skip the SELECT 1 that
+    CONN_HEALTH_CHECKS would send first, a round trip per step."""
     close_old_connections()
+    if task is not None and task.name in CLAIMING_TASKS:
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None:
+                connection.health_check_done = True
 
 
 # acks_late + reject_on_worker_lost, whatever the host's defaults: a step's message is acknowledged

@@ -1,0 +1,165 @@
+"""Sticky continuation (issue 13): a worker that commits step i runs step i+1 itself, for a slice.
+
+In process (the engine called directly, the broker's publish recorded): how many steps a message
+runs, and what is handed to the broker. With a real worker: two long chains on one pool process
+both progress throughout, and a pause during a slice lands after at most one more step.
+"""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from django.db import close_old_connections
+
+from operations import engine, services
+from operations.models import Operation
+from operations.states import Status
+from tests.support.ops import wait_for
+from tests.support.worker import WorkerProcess
+
+
+class FakeTask:
+    """What the engine reads of a Celery task: its request's retries and args."""
+
+    def __init__(self, args):
+        self.request = SimpleNamespace(retries=0, args=list(args))
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """The step messages the engine publishes, instead of sending them."""
+    sent = []
+    monkeypatch.setattr(services.current_app, "send_task", lambda name, args=None, **options: sent.append(args))
+    engine._PLANS.clear()  # ids come round again in this test database: no plan of another test
+    yield sent
+    engine._PLANS.clear()
+
+
+def started(kind, steps, published):
+    operation = services.operation_start(kind=kind, params={"steps": steps}, actor="cli")
+    assert published == [[operation.pk, operation.run_token, 0]]
+    published.clear()
+    return operation
+
+
+def run_message(operation, index):
+    engine.run_step(FakeTask([operation.pk, operation.run_token, index]), operation.pk, operation.run_token, index)
+    return Operation.objects.get(pk=operation.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_message_runs_the_whole_chain_within_the_slice(published):
+    operation = started("records", 10, published)
+    done = run_message(operation, 0)
+    assert done.status == Status.COMPLETED and done.progress_done == 10
+    assert done.result == 10 and published == []  # no broker hop between the steps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slice_hands_the_rest_to_the_broker_after_its_steps(published, settings):
+    settings.TAP_STICKY_STEPS = 3
+    operation = started("records", 10, published)
+    after = run_message(operation, 0)
+    assert (after.status, after.step_index, after.progress_done) == (Status.RUNNING, 3, 3)
+    assert published == [[operation.pk, operation.run_token, 3]]
+    published.clear()
+    assert run_message(operation, 0).step_index == 3  # the slice's message again (a redelivery): stale
+    assert published == []
+    assert run_message(operation, 3).step_index == 6 and published == [[operation.pk, operation.run_token, 6]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slice_ends_after_its_seconds(published, settings):
+    settings.TAP_STICKY_SECONDS = 0.05
+    operation = services.operation_start(kind="records", params={"steps": 50, "delay": 0.02}, actor="cli")
+    published.clear()
+    after = run_message(operation, 0)
+    assert 2 <= after.step_index <= 4, after.step_index
+    assert published == [[operation.pk, operation.run_token, after.step_index]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_slice_for_a_kind_that_does_not_recover_by_itself(published):
+    """A slice lost with its worker is brought back by beat's automatic resume: without one, each
+    step keeps its own message, which the broker gives back if the worker dies."""
+    operation = started("tests.records_manual", 10, published)
+    after = run_message(operation, 0)
+    assert after.step_index == 1 and published == [[operation.pk, operation.run_token, 1]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sticky_continuation_off(published, settings):
+    settings.TAP_STICKY_STEPS = 0
+    operation = started("records", 10, published)
+    assert run_message(operation, 0).step_index == 1 and published == [[operation.pk, operation.run_token, 1]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_is_obeyed_at_the_next_step_boundary_inside_a_slice(published):
+    operation = started("records", 10, published)
+    original = engine.Run.advance
+
+    def advance_then_pause(run, fence, index, result):
+        if index == 4:  # a pause arrives while step 4 runs, before its advance
+            services.operation_pause(operation=operation.pk, actor="cli")
+        original(run, fence, index, result)
+
+    engine.Run.advance = advance_then_pause
+    try:
+        after = run_message(operation, 0)
+    finally:
+        engine.Run.advance = original
+    assert (after.status, after.step_index) == (Status.PAUSED, 5) and published == []
+    assert after.events.order_by("-id").first().note == "paused after 5 of 10 step(s)"
+
+
+# --- with a real worker ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_process_worker(session_worker, transactional_db):
+    """The session's worker replaced by one with a single pool process, as in the issue's bench."""
+    session_worker.stop()
+    single = WorkerProcess(session_worker.env, session_worker.log_path.parent / "sticky-one-process.log", concurrency=1)
+    single.start()
+    single.wait_ready()
+    try:
+        yield single
+    finally:
+        single.stop()
+        session_worker.start()
+        session_worker.wait_ready()
+
+
+@pytest.mark.integration
+def test_two_long_chains_on_one_process_both_progress_throughout(one_process_worker):
+    steps = 1000
+    first, second = (services.operation_start(kind="records", params={"steps": steps}, actor="cli").pk
+                     for _ in range(2))
+    deadline, seen = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        close_old_connections()
+        rows = dict(Operation.objects.filter(pk__in=[first, second]).values_list("pk", "progress_done"))
+        seen.append((rows[first], rows[second]))
+        if steps in rows.values():
+            break
+        time.sleep(0.01)
+    leader, other = max(seen[-1]), min(seen[-1])
+    assert leader == steps, f"neither chain finished in time: {seen[-1]}"
+    assert other >= steps * 0.25, f"one chain finished while the other had done {other} of {steps} steps: {seen[::20]}"
+    for pk in (first, second):
+        assert wait_for(pk, lambda op: op.status in {Status.COMPLETED}, timeout=60).progress_done == steps
+
+
+@pytest.mark.integration
+def test_a_pause_during_a_slice_lands_after_at_most_one_more_step(worker):
+    operation = services.operation_start(kind="records", params={"steps": 300, "delay": 0.01}, actor="cli")
+    wait_for(operation.pk, lambda op: op.progress_done >= 20, timeout=60, what="20 steps done")
+    services.operation_pause(operation=operation.pk, actor="cli")
+    close_old_connections()
+    at_request = Operation.objects.get(pk=operation.pk).progress_done
+    paused = wait_for(operation.pk, lambda op: op.status == Status.PAUSED, timeout=30, what="paused")
+    assert at_request <= paused.progress_done <= at_request + 1, (at_request, paused.progress_done)
+    services.operation_resume(operation=operation.pk, actor="cli")
+    done = wait_for(operation.pk, lambda op: op.status == Status.COMPLETED, timeout=120, what="completed")
+    assert done.result == 300 and done.progress_done == 300
