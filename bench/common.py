@@ -41,7 +41,7 @@ _BROKER_SERVER = urlsplit(os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_
 def database_url(name):
     """The URL of the benchmark's database ``name`` on the PostgreSQL server of DATABASE_URL."""
     if _DATABASE_SERVER.scheme not in ("postgres", "postgresql", "pgsql"):
-        sys.exit(f"the benchmarks need PostgreSQL: DATABASE_URL is {_DATABASE_SERVER.geturl()!r} "
+        sys.exit(f"the benchmarks need PostgreSQL: DATABASE_URL is {os.environ.get('DATABASE_URL')!r} "
                  f"(unset it for {DEFAULT_DATABASE_URL})")
     return urlunsplit(_DATABASE_SERVER._replace(path=f"/{name}", fragment=""))
 
@@ -52,7 +52,7 @@ MAINTENANCE_URL = database_url("postgres")  # where databases are dropped and cr
 def broker_url(db):
     """The URL of Redis db ``db`` on the Redis server of CELERY_BROKER_URL."""
     if _BROKER_SERVER.scheme not in ("redis", "rediss"):
-        sys.exit(f"the benchmarks need Redis: CELERY_BROKER_URL is {_BROKER_SERVER.geturl()!r} "
+        sys.exit(f"the benchmarks need Redis: CELERY_BROKER_URL is {os.environ.get('CELERY_BROKER_URL')!r} "
                  f"(unset it for {DEFAULT_BROKER_URL})")
     return urlunsplit(_BROKER_SERVER._replace(path=f"/{db}", fragment=""))
 
