@@ -8,8 +8,9 @@ PORT ?= 8000
 DEMO_ROWS ?= 1000000
 REQS := requirements/base.txt requirements/dev.txt pyproject.toml
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test setup install test-sqlite test-pg-redis test-pg-rabbitmq lint faults faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq faults-restarts bench bench-smoke clean
+.PHONY: run test setup install install-bench test-sqlite test-pg-redis test-pg-rabbitmq lint faults faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq faults-restarts bench bench-smoke bench-smoke-chains bench-smoke-rest clean
 
 $(STAMP): $(REQS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -18,6 +19,13 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The benchmarks' optional peers (DBOS Transact, for bench/peers.py), on top of the dev set.
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
+	touch $(BENCH_STAMP)
+
+install-bench: $(BENCH_STAMP)
 
 # Migrate, create the demo user and the demo CSV files; safe to run again.
 setup: install
@@ -81,16 +89,27 @@ faults-restarts: install
 	-$(FAULT_ENV) TAP_TEST_SLOT=1 TAP_TEST_BACKEND=pg-redis $(FAULT_PYTEST) -m "integration and restarts_services" \
 	  tests/faults --junitxml=var/faults/junit-pg-redis-restarts.xml
 
-# Benchmarks (reports, not tests): they need PostgreSQL and Redis on 127.0.0.1.
-bench: install
+# Benchmarks (reports, not tests): they need PostgreSQL and Redis, on 127.0.0.1 unless
+# DATABASE_URL / CELERY_BROKER_URL name other servers (each benchmark uses its own database and
+# Redis db on them: bench/common.py).
+bench: install-bench
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/import_csv.py
 	$(BIN)/python bench/delete.py
 	$(BIN)/python bench/admin.py
 
-# The same benchmarks, tiny, so CI notices when one no longer runs (their figures mean nothing).
-bench-smoke: install
-	$(BIN)/python bench/overhead.py --steps 20 --rounds 1
+# The same benchmarks, tiny, so CI notices when one no longer runs (their figures mean nothing,
+# so the two halves run side by side, each benchmark on its own database and Redis db, to stay
+# well within a minute; each half's output is printed whole when it ends).
+bench-smoke: install-bench
+	$(MAKE) --no-print-directory -j2 --output-sync=target bench-smoke-chains bench-smoke-rest
+
+bench-smoke-chains: install-bench
+	$(BIN)/python bench/overhead.py --steps 20 --rounds 1 --count-steps 10 30
+	$(BIN)/python bench/peers.py --steps 20 --rows 20000 --rounds 1 --count-steps 10 30
+
+bench-smoke-rest: install-bench
 	$(BIN)/python bench/import_csv.py --rows 20000 --rounds 1
 	$(BIN)/python bench/delete.py --rows 20000
 	$(BIN)/python bench/admin.py --operations 2000 --rounds 2
