@@ -173,8 +173,12 @@ TASK = SimpleNamespace(request=SimpleNamespace(retries=0))
 
 
 @pytest.fixture
-def broker(monkeypatch, transactional_db):
-    """Stands in for the broker: the (operation, run, step) of each message, once committed."""
+def broker(monkeypatch, transactional_db, settings):
+    """Stands in for the broker: the (operation, run, step) of each message, once committed.
+
+    These tests drive the engine message by message, so each message runs one step (sticky
+    continuation off; tests/test_sticky.py covers the slices, races at their boundaries too)."""
+    settings.TAP_STICKY_STEPS = 0
     sent = []
     monkeypatch.setattr(services, "dispatch_on_commit", lambda operation_id, token, index, steps:
                         transaction.on_commit(lambda: sent.append((operation_id, token, index))))
