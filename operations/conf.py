@@ -161,7 +161,9 @@ OPTIONS = [
     Option("DURABLE_STEP_COMMITS", False, boolean,
            "PostgreSQL: whether a step's advance waits for the WAL flush. Off, a database crash can undo "
            "the last fraction of a second of advances, each with its step's own writes, so those steps "
-           "run again. Status changes and in-step checkpoints always commit durably."),
+           "run again. Status changes always commit durably, and in-step checkpoints do unless their step "
+           "says otherwise (the demo csv_import's chunks follow this setting: a chunk and its cursor "
+           "commit, or are undone, together)."),
     Option("KIND_MODULES", [], module_names,
            "Modules that register operation kinds, besides each installed app's operation_kinds module."),
     Option("UPLOAD_DIR", _default_upload_dir, path_or_none,

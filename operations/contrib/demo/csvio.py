@@ -7,7 +7,10 @@ the column.
 
 import csv
 import io
+import queue
 import re
+import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,8 @@ class Chunk:
     lines: list = None
     blocks: list = None
     first_line: int = 0
+    #: What ``chunks(prepare=...)`` made of the chunk, on the reader thread (e.g. COPY's input).
+    payload: object = None
 
     def line_of(self, index):
         """The file's line of the chunk's record ``index`` (0-based)."""
@@ -160,13 +165,28 @@ def read_chunk(f, line, chunk_rows, display_name, blocks=False):
     return Chunk(f.tell(), line, len(records), records=records, lines=lines)
 
 
-def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, blocks=False, **initial):
+def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, blocks=False,
+           prefetch=False, prepare=None, **initial):
     """Yield (chunk, cursor after it) from ``state`` (a checkpoint's cursor, or None) to the end.
 
     The cursor holds the byte offset, the next line, the rows so far and the total (exact once
     the end is reached); ``initial`` adds the caller's own fields on a first run.
+
+    ``prepare(chunk)``, if given, sets ``chunk.payload`` before the chunk is yielded. With
+    ``prefetch``, a reader thread reads (and prepares) the next chunk while the caller works on
+    this one: at most two chunks are in memory, and the chunks, their cursors and any error come
+    in the same order, at the same chunk, as without it. Close the generator when stopping early
+    (``contextlib.closing``): the reader thread stops with it.
     """
     state = state or {**start_state(path, header, display_name), **initial}
+    items = _read_chunks(state, path, display_name, chunk_rows, rows_per_second, blocks, prepare)
+    if not prefetch:
+        yield from items
+        return
+    yield from _one_ahead(items)
+
+
+def _read_chunks(state, path, display_name, chunk_rows, rows_per_second, blocks, prepare):
     pace = Pace(rows_per_second)
     with open(path, "rb") as f:
         f.seek(state["offset"])
@@ -174,6 +194,8 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
             chunk = read_chunk(f, state["line"], chunk_rows, display_name, blocks=blocks)
             if not chunk.rows:
                 return
+            if prepare is not None:
+                chunk.payload = prepare(chunk)
             rows = state["rows"] + chunk.rows
             at_end = chunk.rows < chunk_rows
             state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows,
@@ -182,6 +204,42 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
             if at_end:
                 return
             pace(chunk.rows)
+
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def _one_ahead(items):
+    """Iterate the generator ``items`` in a thread, one item ahead of the caller (see ``chunks``)."""
+    wanted, ready = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def read():
+        with closing(items):
+            while wanted.get():
+                try:
+                    ready.put((_ITEM, next(items)))
+                except StopIteration:
+                    ready.put((_END, None))
+                    return
+                except BaseException as exc:  # raised in the caller's thread, at the same chunk
+                    ready.put((_ERROR, exc))
+                    return
+
+    reader = threading.Thread(target=read, name="csv-reader", daemon=True)
+    reader.start()
+    wanted.put(True)
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise value
+            wanted.put(True)  # read the next chunk while the caller loads this one
+            yield value
+    finally:
+        wanted.put(False)
+        reader.join()
 
 
 def parse(chunk, width, display_name, columns):
