@@ -105,3 +105,14 @@ def test_closing_a_prefetching_reader_stops_its_thread(tmp_path):
         next(reader)
         assert any(thread.name == "csv-reader" for thread in threading.enumerate())
     assert not any(thread.name == "csv-reader" for thread in threading.enumerate())
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=60), data=st.data())
+def test_nth_newline_finds_the_same_newline_as_counting_one_by_one(lengths, data):
+    raw = b"".join(b"x" * length + b"\n" for length in lengths)
+    n = data.draw(st.integers(1, len(lengths)))
+    end = -1
+    for _ in range(n):
+        end = raw.index(b"\n", end + 1)
+    assert csvio.nth_newline(raw, n, len(lengths)) == end

@@ -92,6 +92,22 @@ def start_state(path, header, display_name):
     return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
 
 
+def nth_newline(raw, n, count):
+    """The index of the ``n``-th newline (1-based) of ``raw``, which holds ``count`` of them:
+    counted from a guess (the lines are about as long as each other), not one line at a time."""
+    guess = len(raw) * n // count
+    seen = raw.count(b"\n", 0, guess)  # newlines before the guess
+    if seen >= n:
+        end = guess
+        for _ in range(seen - n + 1):
+            end = raw.rindex(b"\n", 0, end)
+        return end
+    end = guess - 1
+    for _ in range(n - seen):
+        end = raw.index(b"\n", end + 1)
+    return end
+
+
 def read_blocks(f, line, chunk_rows):
     """The fast path: up to ``chunk_rows`` lines as blocks of bytes, if each line is one plain
     record (no quote, no blank line, no stray CR, no over-long line); else None, ``f`` rewound."""
@@ -112,9 +128,7 @@ def read_blocks(f, line, chunk_rows):
                 return None  # a line longer than a block: the record reader says where
         count = raw.count(b"\n")
         if rows + count > chunk_rows:  # keep only the lines this chunk still needs
-            end = -1
-            for _ in range(chunk_rows - rows):
-                end = raw.index(b"\n", end + 1)
+            end = nth_newline(raw, chunk_rows - rows, count)
             f.seek(end + 1 - len(raw), 1)
             raw, count = raw[:end + 1], chunk_rows - rows
         block = raw.replace(b"\r\n", b"\n") if b"\r" in raw else raw
