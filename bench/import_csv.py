@@ -21,6 +21,7 @@ live in ``var/bench/import`` (the CSV files in ``csv/``, generated once and reus
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -35,9 +36,10 @@ import psutil
 
 from bench import common
 
-DATABASE = "tapbench_import"
+# Another database / Redis db (e.g. beside another session running this benchmark): from the environment.
+DATABASE = os.environ.get("TAP_BENCH_IMPORT_DATABASE", "tapbench_import")
 DATABASE_URL = common.database_url(DATABASE)
-BROKER_DB, QUEUE = 9, "celery"
+BROKER_DB, QUEUE = int(os.environ.get("TAP_BENCH_IMPORT_REDIS_DB", "9")), "celery"
 BROKER_URL = common.broker_url(BROKER_DB)
 VAR_DIR = ROOT / "var" / "bench" / "import"
 CSV_DIR = VAR_DIR / "csv"  # = TAP_CSV_DIR of both processes (TAP_VAR_DIR/csv)
@@ -50,7 +52,7 @@ RSS_INTERVAL = 0.05  # seconds between two samples of the worker's memory
 PAUSE_AT = (0.20, 0.45)  # the paused import of each round: a pause once progress reaches each
 PAUSE_LATEST = 0.60  # … but none past this: mid-import
 TIMEOUT = 600  # seconds any one import may take before the benchmark gives up
-RATIO_TARGET = 1.5
+RATIO_TARGET = 1.0  # ÷ the COPY into the keyed table (issue 13); ÷ the raw COPY is reported too
 RSS_TARGET = 150_000_000  # bytes (MB = 10**6 bytes)
 PAUSE_TARGET = 1.0  # seconds
 STATE_TARGET = 4_000  # bytes of JSON (KB = 1000 bytes)
@@ -174,6 +176,32 @@ def run_raw_copy(conn, path, rows, table="raw_records"):
     return elapsed
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(conn):
+    """{pid: CPU seconds} of the PostgreSQL backends of this database, but the one of this
+    process's Django connection (its polls are the benchmark's, not the import's)."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    polling = connection.connection.info.backend_pid
+    pids = [pid for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            if pid != polling]
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or another machine's
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return seconds
+
+
+def cpu_spent(before, after):
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def state_bytes(workflow, checkpoint, carry):
     """What the row stores of an operation's plan and position, as the bus writes it."""
     return len(json.dumps(workflow)) + len(json.dumps(checkpoint)) + len(json.dumps(carry))
@@ -292,12 +320,15 @@ def measure(worker, conn, path, rows, rounds, chunk_rows):
         "csv_import": lambda: run_import(worker, path, rows, chunk_rows=chunk_rows),
     }
     seconds = {side: [] for side in sides}
+    cpu = {side: [] for side in sides}  # PostgreSQL backend CPU seconds: steadier than time on a busy machine
     imports, samplers = [], []
     for round_ in range(rounds):
         order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
         line = []
         for side in order:
+            before = backend_cpu(conn)
             elapsed, run, rss = sides[side]()
+            cpu[side].append(cpu_spent(before, backend_cpu(conn)))
             seconds[side].append(elapsed)
             if run is None:
                 line.append(f"{side} {elapsed:.3f} s")
@@ -309,24 +340,24 @@ def measure(worker, conn, path, rows, rounds, chunk_rows):
         imports.append(paused)
         samplers.append(rss)
         landed = ", ".join(f"{s:.3f} s ({a:.0%}→{b:.0%})" for s, a, b in paused.pauses)
-        ratio = seconds["csv_import"][-1] / seconds["raw COPY"][-1]
-        print(f"  round {round_ + 1}/{rounds}: {', '.join(line)}, ratio {ratio:.2f}×; paused import: "
+        ratio = seconds["csv_import"][-1] / seconds["keyed COPY"][-1]
+        print(f"  round {round_ + 1}/{rounds}: {', '.join(line)}, ÷ keyed COPY {ratio:.2f}×; paused import: "
               f"{landed or 'no pause landed mid-import'} (child peak {rss.busiest_child()[2] / MB:.1f} MB)",
               flush=True)
-    return seconds, imports, samplers
+    return seconds, imports, samplers, cpu
 
 
 # --- the report -----------------------------------------------------------------------------
 
 
-def report(rows, rounds, chunk_rows, seconds, imports, samplers, small):
+def report(rows, rounds, chunk_rows, seconds, imports, samplers, small, cpu):
     verdicts = []
 
     def verdict(ok, what):
         verdicts.append(f"{'PASS' if ok else 'MISS'}  {what}")
 
     raw, keyed, ours = (statistics.median(seconds[side]) for side in ("raw COPY", "keyed COPY", "csv_import"))
-    ratio = ours / raw
+    ratio = ours / keyed
     print(f"\nMedian over {rounds} round(s), {rows:,} rows, chunk_rows {chunk_rows:,}. "
           f"ratio = ÷ raw COPY (no index); keyed COPY = the same COPY into a table with a primary key.")
     print(f"{'side':<11} | {'median s':>8} | {'min s':>6} | {'max s':>6} | {'rows/s':>9} | {'ratio':>6}")
@@ -336,10 +367,18 @@ def report(rows, rounds, chunk_rows, seconds, imports, samplers, small):
               f"{rows / median:>9,.0f} | {median / raw:>5.2f}×")
     print(f"  csv_import ÷ keyed COPY: {ours / keyed:.2f}× (what the engine adds to a keyed bulk load: "
           f"reading, chunking, checkpoints, the worker)")
-    verdict(ratio <= RATIO_TARGET, f"csv_import ÷ raw COPY at {rows:,} rows: {ratio:.2f}× "
-                                   f"(target ≤ {RATIO_TARGET:.1f}×)")
-    verdict(ours / keyed <= RATIO_TARGET, f"csv_import ÷ keyed COPY at {rows:,} rows: {ours / keyed:.2f}× "
-                                          f"(same target, against the floor of a unique-id import)")
+    print("  csv_import ÷ keyed COPY, round by round: "
+          + ", ".join(f"{o / k:.2f}×" for o, k in zip(seconds["csv_import"], seconds["keyed COPY"])))
+    backend = {side: statistics.median(values) for side, values in cpu.items()}
+    timed = [run for run, rss in zip(imports, samplers) if not run.pauses]  # the timed imports' samplers
+    child_cpu = [rss.cpu_last[pid] - rss.cpu_first[pid] for run, rss in zip(imports, samplers)
+                 if not run.pauses for pid in [rss.busiest_child()[0]]]
+    print(f"  PostgreSQL backend CPU (user + system, /proc; median): raw COPY {backend['raw COPY']:.2f} s, "
+          f"keyed COPY {backend['keyed COPY']:.2f} s, csv_import {backend['csv_import']:.2f} s "
+          f"({backend['csv_import'] / backend['keyed COPY']:.2f}× the keyed COPY's); the importing pool "
+          f"child's own CPU: median {statistics.median(child_cpu) if timed else 0:.2f} s")
+    verdict(ratio <= RATIO_TARGET, f"csv_import ÷ keyed COPY at {rows:,} rows: {ratio:.2f}× "
+                                   f"(target ≤ {RATIO_TARGET:.1f}×; ÷ raw COPY {ours / raw:.2f}×)")
 
     children = [rss.busiest_child() for rss in samplers]
     child_peak = max(peak for _, _, peak in children)
@@ -549,9 +588,9 @@ def main(argv=None):
         # Warm-up (imports, connections, first-call code paths), and the small file's state.
         run_raw_copy(conn, small_path, SMALL_ROWS)
         _, small, _ = run_import(worker, small_path, SMALL_ROWS, chunk_rows=chunk_rows)
-        seconds, imports, samplers = measure(worker, conn, path, args.rows, args.rounds, chunk_rows)
+        seconds, imports, samplers, cpu = measure(worker, conn, path, args.rows, args.rounds, chunk_rows)
         verdicts, missed, child_peak = report(args.rows, args.rounds, chunk_rows, seconds, imports,
-                                              samplers, small)
+                                              samplers, small, cpu)
         if args.profile or (missed and not args.no_profile):
             profile(worker, conn, path, args.rows, chunk_rows, seconds, child_peak)
     print()

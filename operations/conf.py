@@ -166,7 +166,9 @@ OPTIONS = [
     Option("DURABLE_STEP_COMMITS", False, boolean,
            "PostgreSQL: whether a step's advance waits for the WAL flush. Off, a database crash can undo "
            "the last fraction of a second of advances, each with its step's own writes, so those steps "
-           "run again. Status changes and in-step checkpoints always commit durably."),
+           "run again. Status changes always commit durably, and in-step checkpoints do unless their step "
+           "says otherwise (the demo csv_import's chunks follow this setting: a chunk and its cursor "
+           "commit, or are undone, together)."),
     Option("STICKY_STEPS", 100, non_negative_int,
            "Steps a worker runs one after the other without a broker round trip when the next step "
            "of a chain is due on the same queue (sticky continuation), before it hands the rest to "

@@ -61,3 +61,58 @@ def test_a_plain_file_is_read_in_blocks_with_exact_line_numbers():
 def test_anything_but_plain_records_goes_to_the_record_reader(data):
     chunk = csvio.read_chunk(io.BytesIO(data), 2, 10, "t.csv", blocks=True)
     assert chunk.blocks is None and chunk.records is not None
+
+
+def write_file(tmp_path, body):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"id,x\n" + body)
+    return path
+
+
+def all_chunks(path, chunk_rows, **options):
+    return [(chunk.first_line if chunk.blocks is not None else chunk.lines, chunk.rows, chunk.payload, state)
+            for chunk, state in csvio.chunks(None, path, ("id", "x"), "t.csv", chunk_rows, blocks=True, **options)]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 10, 100])
+def test_prefetch_reads_the_same_chunks_and_cursors(tmp_path, chunk_rows):
+    path = write_file(tmp_path, b"".join(b"%d,x\n" % i for i in range(25)) + b'25,"a\nb"\n26,y')
+
+    def prepare(chunk):
+        return chunk.rows * 10
+
+    plain = all_chunks(path, chunk_rows, prepare=prepare)
+    assert all_chunks(path, chunk_rows, prepare=prepare, prefetch=True) == plain
+    assert plain[-1][3]["rows"] == 27
+    assert [payload for _, _, payload, _ in plain] == [rows * 10 for _, rows, _, _ in plain]
+
+
+def test_prefetch_raises_a_bad_line_at_the_same_chunk(tmp_path):
+    path = write_file(tmp_path, b"1,a\n2,b\n3,c\n4," + b"N" * csvio.MAX_LINE_BYTES + b"\n5,e\n")
+    seen = []
+    with pytest.raises(csvio.CsvFileError, match="line 5: the line is longer"):
+        for chunk, state in csvio.chunks(None, path, ("id", "x"), "t.csv", 2, blocks=True, prefetch=True):
+            seen.append(state["rows"])
+    assert seen == [2]  # the chunk before the bad line came first, whole
+
+
+def test_closing_a_prefetching_reader_stops_its_thread(tmp_path):
+    import threading
+    from contextlib import closing
+
+    path = write_file(tmp_path, b"".join(b"%d,x\n" % i for i in range(100)))
+    with closing(csvio.chunks(None, path, ("id", "x"), "t.csv", 10, blocks=True, prefetch=True)) as reader:
+        next(reader)
+        assert any(thread.name == "csv-reader" for thread in threading.enumerate())
+    assert not any(thread.name == "csv-reader" for thread in threading.enumerate())
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=60), data=st.data())
+def test_nth_newline_finds_the_same_newline_as_counting_one_by_one(lengths, data):
+    raw = b"".join(b"x" * length + b"\n" for length in lengths)
+    n = data.draw(st.integers(1, len(lengths)))
+    end = -1
+    for _ in range(n):
+        end = raw.index(b"\n", end + 1)
+    assert csvio.nth_newline(raw, n, len(lengths)) == end

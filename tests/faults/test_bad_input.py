@@ -69,6 +69,8 @@ BAD_ROWS = {
     "line-too-long": (b"7," + b"N" * MAX_LINE_BYTES + b",r7@example.org,1.00,2020-01-07\n", None,
                       {"sqlite": f"the line is longer than {MAX_LINE_BYTES} bytes",
                        "postgresql": f"the line is longer than {MAX_LINE_BYTES} bytes"}),
+    "empty-name": (b"7,,r7@example.org,1.00,2020-01-07\n", "name",
+                   {"sqlite": "the value is empty", "postgresql": "the value is empty"}),
     "id-of-an-earlier-chunk": (b"2,Again,a2@example.org,1.00,2020-01-07\n", "id",
                                {"sqlite": "duplicate id 2 (an earlier row has the same id)",
                                 "postgresql": "duplicate id 2 (an earlier row has the same id)"}),
@@ -137,6 +139,11 @@ def _parsed(content):
     ("bom", b"\xef\xbb\xbf" + HEADER + good_rows(range(1, 11))),
     ("mixed-line-endings", b"id,name,email,amount,date\r\n" + b"".join(
         good_rows([i], end=b"\r\n" if i % 2 else b"\n") for i in range(1, 11))),
+    # Backslashes and tabs are plain characters in a CSV file: COPY's faster text format, which
+    # PostgreSQL's path uses for chunks without a quote, must not read them as escapes.
+    ("backslashes-and-tabs", HEADER + good_rows(range(1, 5)) + b"5,\\N,back\\slash@example.org,5.00,2020-01-05\n"
+                             b"6,tab\there \\.,t@example.org,6.00,2020-01-06\n7,end\\,e@example.org,7.00,2020-01-07\n"
+                             + good_rows(range(8, 11))),
     ("quoted-comma-and-newline", HEADER + good_rows([1, 2]) + b'3,"Smith, John\nJr. ""JJ""",j@example.org,3.00,'
                                                               b'2020-01-03\n' + good_rows(range(4, 11))),
 ])
@@ -148,6 +155,9 @@ def test_well_formed_variants_import_every_row_exactly(worker, case, content):
     assert _stored(done) == _parsed(content)
     assert not Record.objects.filter(operation_id=done.pk, name__contains="\r").exists()
     assert not Record.objects.filter(operation_id=done.pk, name__contains="\ufeff").exists()
+    if case == "backslashes-and-tabs":
+        assert [Record.objects.get(operation_id=done.pk, external_id=i).name for i in (5, 6, 7)] == [
+            "\\N", "tab\there \\.", "end\\"]
     if case == "quoted-comma-and-newline":
         assert Record.objects.get(operation_id=done.pk, external_id=3).name == 'Smith, John\nJr. "JJ"'
 

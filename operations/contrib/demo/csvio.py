@@ -7,7 +7,10 @@ the column.
 
 import csv
 import io
+import queue
 import re
+import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,8 @@ class Chunk:
     lines: list = None
     blocks: list = None
     first_line: int = 0
+    #: What ``chunks(prepare=...)`` made of the chunk, on the reader thread (e.g. COPY's input).
+    payload: object = None
 
     def line_of(self, index):
         """The file's line of the chunk's record ``index`` (0-based)."""
@@ -87,6 +92,22 @@ def start_state(path, header, display_name):
     return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
 
 
+def nth_newline(raw, n, count):
+    """The index of the ``n``-th newline (1-based) of ``raw``, which holds ``count`` of them:
+    counted from a guess (the lines are about as long as each other), not one line at a time."""
+    guess = len(raw) * n // count
+    seen = raw.count(b"\n", 0, guess)  # newlines before the guess
+    if seen >= n:
+        end = guess
+        for _ in range(seen - n + 1):
+            end = raw.rindex(b"\n", 0, end)
+        return end
+    end = guess - 1
+    for _ in range(n - seen):
+        end = raw.index(b"\n", end + 1)
+    return end
+
+
 def read_blocks(f, line, chunk_rows):
     """The fast path: up to ``chunk_rows`` lines as blocks of bytes, if each line is one plain
     record (no quote, no blank line, no stray CR, no over-long line); else None, ``f`` rewound."""
@@ -107,9 +128,7 @@ def read_blocks(f, line, chunk_rows):
                 return None  # a line longer than a block: the record reader says where
         count = raw.count(b"\n")
         if rows + count > chunk_rows:  # keep only the lines this chunk still needs
-            end = -1
-            for _ in range(chunk_rows - rows):
-                end = raw.index(b"\n", end + 1)
+            end = nth_newline(raw, chunk_rows - rows, count)
             f.seek(end + 1 - len(raw), 1)
             raw, count = raw[:end + 1], chunk_rows - rows
         block = raw.replace(b"\r\n", b"\n") if b"\r" in raw else raw
@@ -160,13 +179,28 @@ def read_chunk(f, line, chunk_rows, display_name, blocks=False):
     return Chunk(f.tell(), line, len(records), records=records, lines=lines)
 
 
-def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, blocks=False, **initial):
+def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, blocks=False,
+           prefetch=False, prepare=None, **initial):
     """Yield (chunk, cursor after it) from ``state`` (a checkpoint's cursor, or None) to the end.
 
     The cursor holds the byte offset, the next line, the rows so far and the total (exact once
     the end is reached); ``initial`` adds the caller's own fields on a first run.
+
+    ``prepare(chunk)``, if given, sets ``chunk.payload`` before the chunk is yielded. With
+    ``prefetch``, a reader thread reads (and prepares) the next chunk while the caller works on
+    this one: at most two chunks are in memory, and the chunks, their cursors and any error come
+    in the same order, at the same chunk, as without it. Close the generator when stopping early
+    (``contextlib.closing``): the reader thread stops with it.
     """
     state = state or {**start_state(path, header, display_name), **initial}
+    items = _read_chunks(state, path, display_name, chunk_rows, rows_per_second, blocks, prepare)
+    if not prefetch:
+        yield from items
+        return
+    yield from _one_ahead(items)
+
+
+def _read_chunks(state, path, display_name, chunk_rows, rows_per_second, blocks, prepare):
     pace = Pace(rows_per_second)
     with open(path, "rb") as f:
         f.seek(state["offset"])
@@ -174,6 +208,8 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
             chunk = read_chunk(f, state["line"], chunk_rows, display_name, blocks=blocks)
             if not chunk.rows:
                 return
+            if prepare is not None:
+                chunk.payload = prepare(chunk)
             rows = state["rows"] + chunk.rows
             at_end = chunk.rows < chunk_rows
             state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows,
@@ -182,6 +218,42 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
             if at_end:
                 return
             pace(chunk.rows)
+
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def _one_ahead(items):
+    """Iterate the generator ``items`` in a thread, one item ahead of the caller (see ``chunks``)."""
+    wanted, ready = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def read():
+        with closing(items):
+            while wanted.get():
+                try:
+                    ready.put((_ITEM, next(items)))
+                except StopIteration:
+                    ready.put((_END, None))
+                    return
+                except BaseException as exc:  # raised in the caller's thread, at the same chunk
+                    ready.put((_ERROR, exc))
+                    return
+
+    reader = threading.Thread(target=read, name="csv-reader", daemon=True)
+    reader.start()
+    wanted.put(True)
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise value
+            wanted.put(True)  # read the next chunk while the caller loads this one
+            yield value
+    finally:
+        wanted.put(False)
+        reader.join()
 
 
 def parse(chunk, width, display_name, columns):

@@ -6,12 +6,14 @@ row fails the operation with its line, column and reason; nothing of its chunk i
 """
 
 import datetime
+from contextlib import closing
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from celery import chain
 from django.db import DatabaseError, IntegrityError, transaction
 
 from operations.catalogue import AUTO_RECOVERY, Kind, register_kind
+from operations.conf import conf as engine_conf
 from operations.outages import is_outage
 from operations.workflow import step
 
@@ -30,11 +32,33 @@ CENT = Decimal("0.01")
 
 @step(name="operations.csv_import", context=True, atomic=False)
 def import_csv(ctx, path, source, chunk_rows, rows_per_second=None):
-    for chunk, state in chunks(ctx.state, path, RECORD_HEADER, source, chunk_rows, rows_per_second,
-                               blocks=is_postgresql()):
-        with ctx.checkpoint(state, done=state["rows"], total=state["total"]):
-            load_chunk(ctx.operation_id, chunk, source)
+    on_postgresql = is_postgresql()
+    # On PostgreSQL a reader thread reads the next chunk, and turns it into COPY's input, while
+    # this one is copied: the chunks, their cursors and their errors stay those of a plain read.
+    reader = chunks(ctx.state, path, RECORD_HEADER, source, chunk_rows, rows_per_second,
+                    blocks=on_postgresql, prefetch=on_postgresql,
+                    prepare=copy_input(ctx.operation_id) if on_postgresql else None)
+    with closing(reader):
+        for chunk, state in reader:
+            with ctx.checkpoint(state, done=state["rows"], total=state["total"]):
+                load_chunk(ctx.operation_id, chunk, source)
     return {"rows": (ctx.state or {}).get("rows", 0), "file": source}
+
+
+def copy_input(operation_id):
+    """``prepare`` for ``csvio.chunks``: a chunk as COPY's input, each line prefixed with the
+    operation id — (pieces, plain), plain when COPY may read it in its faster text format."""
+    prefix = b"%d," % operation_id
+
+    def prepare(chunk):
+        if chunk.blocks is None:
+            return [b"".join(prefix + record for record in chunk.records)], False
+        pieces = [prefix + block[:-1].replace(b"\n", b"\n" + prefix) + b"\n" for block in chunk.blocks]
+        # A block has no quote and no CR (csvio.read_blocks); without a backslash either, the text
+        # format reads the same fields as the csv one.
+        return pieces, not any(b"\\" in block for block in chunk.blocks)
+
+    return prepare
 
 
 def load_chunk(operation_id, chunk, source):
@@ -42,13 +66,12 @@ def load_chunk(operation_id, chunk, source):
     if is_postgresql():
         # The file's own bytes, each line prefixed with the operation id: PostgreSQL parses and
         # checks them (types, lengths, the unique id), and names the line of a bad one.
-        prefix = b"%d," % operation_id
-        if chunk.blocks is not None:
-            pieces = (prefix + block[:-1].replace(b"\n", b"\n" + prefix) + b"\n" for block in chunk.blocks)
-        else:
-            pieces = [b"".join(prefix + record for record in chunk.records)]
+        pieces, plain = chunk.payload if chunk.payload is not None else copy_input(operation_id)(chunk)
         try:
-            copy_csv(Record, Record.COLUMNS, pieces)
+            # The chunk commits with its cursor, whole or not at all: if a database crash undoes
+            # the last commits (TAP_DURABLE_STEP_COMMITS off), their rows go with their cursors,
+            # and the resumed step copies those chunks again.
+            copy_csv(Record, Record.COLUMNS, pieces, plain=plain, durable=engine_conf.DURABLE_STEP_COMMITS)
         except Exception as exc:
             # A bad row is the file's fault; a lost connection or a full disk is an outage, which
             # the engine leaves to the reconciler instead of failing the import (operations/outages.py).
