@@ -14,6 +14,7 @@ be rebuilt from that JSON (the allowlist), and their arguments must fit their fu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -162,6 +163,12 @@ def validate_plan(plan):
             validate_step(index, entry)
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(func):
+    """A step function's signature, read once (a 1000-step plan checks the same few functions)."""
+    return inspect.signature(func)
+
+
 def validate_step(index, entry, where=None):
     where = where or f"steps[{index}]"
     if not isinstance(entry, dict):
@@ -192,7 +199,7 @@ def validate_step(index, entry, where=None):
     if index > 0 and not entry.get("immutable"):
         prefix.append(None)  # the value carried from the previous step
     try:
-        inspect.signature(spec.func).bind(*prefix, *args, **kwargs)
+        _signature(spec.func).bind(*prefix, *args, **kwargs)
     except TypeError as exc:
         raise WorkflowError(f"{where}: arguments do not fit the step: {exc}") from None
     return spec
