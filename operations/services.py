@@ -827,7 +827,8 @@ def operations_reconcile(*, lease=None):
             if policy.auto_resume and resumes < policy.attempts:
                 at = now + timedelta(seconds=policy.delay(resumes + 1))
                 bus.update(op_id, {"resume_at": at}, [bus.in_statuses({Status.INTERRUPTED})])
-                note += f"; beat resumes it at {at:%H:%M:%S} (automatic resume {resumes + 1} of {policy.attempts})"
+                note += (f"; beat cancels it at {at:%H:%M:%S}, as asked" if previous == Status.CANCEL_REQUESTED else
+                         f"; beat resumes it at {at:%H:%M:%S} (automatic resume {resumes + 1} of {policy.attempts})")
             elif policy.auto_resume:
                 note += f"; {resumes} automatic resume(s) in a row did not get it further: resume it by hand"
             events.append(_event_row(op_id, BEAT, previous, Status.INTERRUPTED, note))
@@ -848,6 +849,10 @@ def _event_row(operation_id, actor, from_status, to_status, note):
 def operations_recover(*, now=None):
     """Beat: resume the interrupted operations whose automatic resume is due; returns their ids.
 
+    What someone asked before the interruption still holds: an operation interrupted while a
+    cancel was pending is cancelled (with its compensation) instead, and one interrupted while a
+    pause was pending is resumed with the pause asked again, so it stops at its next pause point.
+
     The resume is conditional on ``resume_at`` still being due, so a person's resume or cancel in
     between wins, and two beats cannot both resume one operation.
     """
@@ -855,9 +860,13 @@ def operations_recover(*, now=None):
     due = bus.column("resume_at")
     when = Operation._meta.get_field("resume_at").get_db_prep_save(now, connection=bus.connection)
     resumed = []
-    for op_id, resumes, kind_name in (Operation.objects.filter(status=Status.INTERRUPTED, resume_at__lte=now)
-                                      .values_list("id", "auto_resumes", "kind")):
+    for op_id, resumes, kind_name, before in (Operation.objects.filter(status=Status.INTERRUPTED, resume_at__lte=now)
+                                              .values_list("id", "auto_resumes", "kind", "previous_status")):
         policy = _recovery_of(kind_name)
+        if before == Status.CANCEL_REQUESTED:  # someone asked for the cancel before the interruption
+            if _cancel(op_id, "cancel_now", BEAT) is not None:
+                resumed.append(op_id)
+            continue
         try:
             row = _dispatch_run(
                 op_id, "resume", BEAT,
@@ -872,5 +881,8 @@ def operations_recover(*, now=None):
             continue
         if row is not None:
             resumed.append(op_id)
+            if before == Status.PAUSE_REQUESTED:  # asked before the interruption: still asked
+                with transaction.atomic():
+                    _transition(op_id, "pause", BEAT, note="the pause asked before the interruption still holds")
     return resumed
 

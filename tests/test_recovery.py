@@ -73,6 +73,33 @@ def test_recover_resumes_what_is_due_once_as_beat(django_capture_on_commit_callb
 
 
 @pytest.mark.django_db
+def test_a_cancel_asked_before_the_interruption_is_carried_out_not_resumed_away(django_capture_on_commit_callbacks):
+    operation_id = _silent()
+    services.operation_cancel(operation=operation_id, actor="cli")  # running → cancel_requested
+    services.operations_reconcile(lease=60)
+    assert _row(operation_id).previous_status == Status.CANCEL_REQUESTED
+    with django_capture_on_commit_callbacks() as on_commit:
+        assert services.operations_recover(now=timezone.now() + datetime.timedelta(hours=1)) == [operation_id]
+    assert _row(operation_id).status == Status.CANCELLED
+    assert [getattr(f, "func", f).__name__ for f in on_commit] == ["discard_for"]  # no run dispatched
+    event = _row(operation_id).events.last()
+    assert (event.actor, event.from_status, event.to_status) == ("beat", "interrupted", "cancelled")
+    assert event.note.startswith("compensation:")
+
+
+@pytest.mark.django_db
+def test_a_pause_asked_before_the_interruption_still_holds_after_the_automatic_resume():
+    operation_id = _silent()
+    services.operation_pause(operation=operation_id, actor="cli")  # running → pause_requested
+    services.operations_reconcile(lease=60)
+    assert services.operations_recover(now=timezone.now() + datetime.timedelta(hours=1)) == [operation_id]
+    row = _row(operation_id)
+    assert (row.status, row.run_token) == (Status.PAUSE_REQUESTED, 2)
+    assert [(e.actor, e.to_status) for e in row.events.order_by("id")][-2:] == [("beat", "running"),
+                                                                                ("beat", "pause_requested")]
+
+
+@pytest.mark.django_db
 def test_a_persons_action_in_between_wins_over_the_planned_resume():
     operation_id = _silent()
     services.operations_reconcile(lease=60)
