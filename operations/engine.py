@@ -177,10 +177,10 @@ class Slice:
     message: if the worker dies mid-slice, the broker gives back the slice's first message, which
     is stale by then, and beat's reconciler brings the operation back after the lease."""
 
-    def __init__(self, run):
+    def __init__(self, run, sticky):
         self.started = time.monotonic()
         self.steps = 1
-        self.limit = conf.STICKY_STEPS if run.recovers else 1
+        self.limit = conf.STICKY_STEPS if sticky and run.recovers else 1
 
     def may_continue(self, run, following):
         if self.steps >= self.limit or time.monotonic() - self.started >= conf.STICKY_SECONDS:
@@ -192,13 +192,14 @@ class Slice:
 class Run:
     """What a message needs to know about its run: the plan (cached), and how to move on."""
 
-    def __init__(self, operation_id, run_token):
+    def __init__(self, operation_id, run_token, *, sticky=False):
         self.operation_id = operation_id
         self.run_token = run_token
         (self.steps, self.pause_every, self.count_steps, self.poison_limit,
          self.recovers) = _plan(operation_id, run_token)
         self.length = len(self.steps)
-        self.slice = Slice(self)
+        # Only run_step's loop runs a slice; a group's last member hands the next step on.
+        self.slice = Slice(self, sticky)
         #: The claim of the next step when this worker runs it itself (set by a committed advance).
         self.continue_with = None
 
@@ -235,7 +236,7 @@ def run_step(task, operation_id, run_token, index):
     if claim is None or claim.step_index != index:
         _log_stale(operation_id, run_token, index, claim)
         return
-    run = Run(operation_id, run_token)
+    run = Run(operation_id, run_token, sticky=True)
     while True:
         _run_claimed(task, run, index, claim)
         if run.continue_with is None:

@@ -113,6 +113,23 @@ def test_a_pause_is_obeyed_at_the_next_step_boundary_inside_a_slice(published):
     assert after.events.order_by("-id").first().note == "paused after 5 of 10 step(s)"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_step_after_a_group_goes_on_by_its_own_message(published):
+    """A group's last member advances the step: no slice runs there, so the next step's message
+    is published (a slice's continuation would have waited for a run_step loop that is not there)."""
+    operation = services.operation_start(kind="tests.group_then_step", params={}, actor="cli")
+    published.clear()
+    run_message(operation, 0)  # fans the members out
+    assert [args[3] for args in published] == [0, 1]
+    published.clear()
+    for member in (0, 1):
+        engine.run_member(FakeTask([operation.pk, operation.run_token, 0, member]), operation.pk,
+                          operation.run_token, 0, member)
+    assert published == [[operation.pk, operation.run_token, 1]]
+    assert run_message(operation, 1).status == Status.COMPLETED
+    assert Operation.objects.get(pk=operation.pk).result == 2
+
+
 # --- with a real worker ------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from celery import chain
+from celery import chain, group
 from django import forms
 
 from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, Recovery, get_kind, register_kind
@@ -172,4 +172,23 @@ register_kind(Kind(
     name="killer", label="Killer (tests)", form=KillerForm,
     build=lambda p: chain(add.s(1, 1), kill_my_process.s(), add.s(1)),
     recovery=Recovery(auto_resume=True, backoff=0.2, poison_limit=3),
+))
+
+
+# --- a group followed by a step: the step after a group goes on by its own message ---------------
+
+
+@step(name="tests.count_results", atomic=False)
+def count_results(results):
+    return len(results)
+
+
+class NoParamsForm(KindForm):
+    pass
+
+
+register_kind(Kind(
+    name="tests.group_then_step", label="A group, then a step (tests)", form=NoParamsForm,
+    build=lambda p: chain(group(add.si(1, 2), add.si(3, 4)), count_results.s()),
+    recovery=AUTO_RECOVERY,
 ))
