@@ -173,8 +173,9 @@ OPTIONS = [
            "Steps a worker runs one after the other without a broker round trip when the next step "
            "of a chain is due on the same queue (sticky continuation), before it hands the rest to "
            "the broker, behind the other operations' steps. 0 or 1: every step through the broker. "
-           "Only for kinds whose recovery resumes by itself: a slice lost with its worker is "
-           "brought back by beat, not by the broker."),
+           "PostgreSQL only (SQLite has one writer: a slice would hold off a person's pause), and only "
+           "for kinds whose recovery resumes by itself: a slice lost with its worker is brought back "
+           "by beat, not by the broker."),
     Option("STICKY_SECONDS", 1.0, non_negative_number,
            "At most this long per sticky slice, however few steps it ran: long chains of slow "
            "steps hand over to the broker as often as this, so they cannot starve other operations."),

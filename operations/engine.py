@@ -23,7 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 
 from . import selectors, services
 from .catalogue import get_kind
@@ -171,6 +177,11 @@ class StepContext:
 # --- one step ---------------------------------------------------------------------------------
 
 
+#: Databases a sticky slice may run on. SQLite has one writer at a time: a worker writing step
+#: after step would keep a person's pause or cancel waiting for the lock until its slice ends.
+STICKY_VENDORS = frozenset({"postgresql"})
+
+
 class Slice:
     """A sticky slice: the steps one message runs in a row, within TAP_STICKY_STEPS and
     TAP_STICKY_SECONDS. Only kinds whose recovery resumes by itself run more than one step per
@@ -180,7 +191,8 @@ class Slice:
     def __init__(self, run, sticky):
         self.started = time.monotonic()
         self.steps = 1
-        self.limit = conf.STICKY_STEPS if sticky and run.recovers else 1
+        self.limit = (conf.STICKY_STEPS if sticky and run.recovers and connection.vendor in STICKY_VENDORS
+                      else 1)
 
     def may_continue(self, run, following):
         if self.steps >= self.limit or time.monotonic() - self.started >= conf.STICKY_SECONDS:
