@@ -36,6 +36,7 @@ _EXPORTS = {
     "operation_resume": "operations.services",
     "operation_cancel": "operations.services",
     "operation_retry": "operations.services",
+    "operation_fork": "operations.services",
     "Actor": "operations.services",
     # the control bus
     "Operation": "operations.models",
@@ -103,6 +104,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
     from .services import (
         Actor as Actor,
         operation_cancel as operation_cancel,
+        operation_fork as operation_fork,
         operation_pause as operation_pause,
         operation_resume as operation_resume,
         operation_retry as operation_retry,

@@ -9,7 +9,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from . import selectors, services
 from .catalogue import all_kinds
@@ -105,10 +105,10 @@ class OperationAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over 100k rows on every page view adds nothing
-    actions = ["pause", "resume", "cancel", "retry"]
+    actions = ["pause", "resume", "cancel", "terminate", "retry", "fork"]
     inlines = [OperationEventInline, StepMemberInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
-              "remaining_workflow", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
+              "remaining_workflow", "lineage", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
               "created", "started", "finished", "duration", "updated")
     readonly_fields = fields
 
@@ -134,6 +134,8 @@ class OperationAdmin(admin.ModelAdmin):
         """The operation's page, with the verbs that apply now and that this user may use as buttons."""
         operation = self.get_object(request, object_id)
         actions = selectors.operation_actions(operation, request.user) if operation else []
+        if operation and selectors.can_control(request.user, operation, "fork") and selectors.fork_steps(operation):
+            actions.append("fork")
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), "tap_actions": actions})
 
     def response_action(self, request, queryset):
@@ -206,6 +208,22 @@ class OperationAdmin(admin.ModelAdmin):
         """The parameters without those the kind keeps from people (server paths)."""
         return format_html("<pre class='tap-json'>{}</pre>", json.dumps(selectors.shown_params(obj), indent=2, default=str))
 
+    @admin.display(description="lineage")
+    def lineage(self, obj):
+        """Where it was forked from, and its forks, as links to their pages."""
+        origin, forks = selectors.operation_lineage(obj)
+
+        def link(operation, text):
+            return format_html('<a href="{}">{}</a>', reverse("admin:operations_operation_change", args=[operation.pk]), text)
+
+        parts = []
+        if origin:
+            parts.append(format_html("forked from {} at step {}", link(origin, f"#{origin.pk}"), obj.forked_at_step))
+        if forks:
+            parts.append(format_html("forks: {}", format_html_join(", ", "{} (from step {})",
+                                                                   ((link(f, f"#{f.pk}"), f.forked_at_step) for f in forks))))
+        return format_html_join("; ", "{}", ((part,) for part in parts)) if parts else "—"
+
     @admin.display(description="remaining workflow")
     def remaining_workflow(self, obj):
         remaining = selectors.remaining_workflow(obj)
@@ -217,9 +235,16 @@ class OperationAdmin(admin.ModelAdmin):
     # --- actions: each is one service call per operation, reported with counts ---------------
 
     def _apply(self, request, queryset, verb):
-        outcome = services.operations_apply(verb, queryset, actor=services.Actor.coerce(request.user, via="admin"))
+        self._report(request, verb, services.operations_apply(verb, queryset, actor=self._actor(request)))
+
+    @staticmethod
+    def _actor(request):
+        return services.Actor.coerce(request.user, via="admin")
+
+    def _report(self, request, verb, outcome):
         if outcome.changed:
-            self.message_user(request, f"{verb.capitalize()}: {len(outcome.changed)} operation(s) changed.",
+            what = "new operation(s) started" if verb == "fork" else "operation(s) changed"
+            self.message_user(request, f"{verb.capitalize()}: {len(outcome.changed)} {what}.",
                               messages.SUCCESS)
         if outcome.refused:
             self.message_user(request, f"{verb.capitalize()}: {len(outcome.refused)} refused — "
@@ -237,16 +262,42 @@ class OperationAdmin(admin.ModelAdmin):
     def retry(self, request, queryset):
         self._apply(request, queryset, "retry")
 
+    @admin.action(description="Fork from where it stopped", permissions=["fork"])
+    def fork(self, request, queryset):
+        outcome = services.operations_fork(queryset, actor=self._actor(request))
+        self._report(request, "fork", outcome)
+        for fork in outcome.changed:
+            self.message_user(request, format_html('Operation <a href="{}">{}</a> runs operation {} again from step {}.',
+                                                   reverse("admin:operations_operation_change", args=[fork.pk]),
+                                                   fork.pk, fork.forked_from_id, fork.forked_at_step), messages.INFO)
+
     @admin.action(description="Cancel", permissions=["cancel"])
     def cancel(self, request, queryset):
+        return self._confirmed(request, queryset, "cancel")
+
+    @admin.action(description="Terminate", permissions=["terminate"])
+    def terminate(self, request, queryset):
+        return self._confirmed(request, queryset, "terminate")
+
+    #: What the confirmation page of each destructive verb says before the list of operations.
+    CONFIRM_INTRO = {
+        "cancel": "Cancel these operations? Running ones stop at their next pause point; paused, failed and "
+                  "interrupted ones are cancelled at once. Each cancel undoes what its operation wrote:",
+        "terminate": "Terminate these operations? The worker process running each one's step is stopped at once, "
+                     "without waiting for a pause point, and what the step had not committed is lost. Each "
+                     "terminate undoes what its operation wrote:",
+    }
+
+    def _confirmed(self, request, queryset, verb):
         if request.POST.get("post") != "yes":  # ask first, like delete_selected
             return TemplateResponse(request, "admin/operations/cancel_confirmation.html", {
-                **self.admin_site.each_context(request), "title": "Cancel operations?", "opts": self.model._meta,
+                **self.admin_site.each_context(request), "title": f"{verb.capitalize()} operations?",
+                "opts": self.model._meta, "verb": verb, "intro": self.CONFIRM_INTRO[verb],
                 "operations": [(op, selectors.operation_cancel_effect(op)) for op in queryset],
                 "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
                 "back_to_change": request.POST.get("_back_to_change", ""),
             })
-        self._apply(request, queryset, "cancel")
+        self._apply(request, queryset, verb)
 
     def has_pause_permission(self, request):
         return request.user.has_perm("operations.pause_operation")
@@ -256,6 +307,12 @@ class OperationAdmin(admin.ModelAdmin):
 
     def has_cancel_permission(self, request):
         return request.user.has_perm("operations.cancel_operation")
+
+    def has_terminate_permission(self, request):
+        return request.user.has_perm("operations.terminate_operation")
+
+    def has_fork_permission(self, request):
+        return request.user.has_perm("operations.fork_operation")
 
     def has_retry_permission(self, request):
         return request.user.has_perm("operations.retry_operation")

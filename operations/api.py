@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import TokenAuthentication
@@ -199,6 +199,23 @@ class StartSerializer(serializers.Serializer):
         return value
 
 
+class ForkSerializer(serializers.Serializer):
+    """The body of a fork: the step (1-based, as the pages number them) the new operation starts at."""
+
+    from_step = serializers.IntegerField(min_value=1, help_text="A step the operation reached "
+                                         "(its page lists them); the new operation starts there.")
+
+
+@extend_schema_field({"type": "string", "pattern": "^[^\\u0000]*$"})
+class QueryText(serializers.CharField):
+    """A text query parameter: Django refuses NUL characters in text, and the schema says so."""
+
+
+@extend_schema_field({"type": "string", "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"})
+class QueryName(serializers.CharField):
+    """A name given as a query parameter: not blank, no NUL characters (and the schema says so)."""
+
+
 class CommaSeparated(serializers.ListField):
     """``?status=running,paused`` (or the parameter repeated): a list of choices."""
 
@@ -213,8 +230,8 @@ class ListQuery(serializers.Serializer):
 
     status = CommaSeparated(child=serializers.ChoiceField(choices=Status.values), required=False,
                             help_text="One status or several, comma-separated.")
-    kind = CommaSeparated(child=serializers.CharField(), required=False, help_text="One kind or several.")
-    owner = serializers.CharField(required=False, help_text="A username. People other than staff see only "
+    kind = CommaSeparated(child=QueryText(), required=False, help_text="One kind or several.")
+    owner = QueryName(required=False, help_text="A username. People other than staff see only "
                                   "their own operations, so another owner's name gives an empty list.")
     created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
     created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
@@ -232,7 +249,8 @@ class ListQuery(serializers.Serializer):
 
 
 class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Operations you own (staff: all). POST starts one; POST …/<verb>/ pauses, resumes, cancels, retries."""
+    """Operations you own (staff: all). POST starts one; POST …/<verb>/ pauses, resumes, cancels,
+    retries, terminates; POST …/fork/ runs one again from a step, as a new linked operation."""
 
     serializer_class = OperationSerializer
     queryset = Operation.objects.none()  # for the schema; requests use get_queryset()
@@ -310,6 +328,29 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         return self._control(request, "retry")
+
+    @_control_schema
+    @action(detail=True, methods=["post"])
+    def terminate(self, request, pk=None):
+        """Cancel now, stopping the worker process of a step that never reaches a pause point."""
+        return self._control(request, "terminate")
+
+    @described(request=ForkSerializer, responses={201: OperationSerializer, 400: ErrorSerializer,
+                                                   404: ErrorSerializer, 409: ErrorSerializer, **REFUSALS})
+    @action(detail=True, methods=["post"])
+    def fork(self, request, pk=None):
+        """A new operation, linked to this one, that runs it again from ``from_step``."""
+        operation = self.get_object()
+        if not selectors.can_control(request.user, operation, "fork"):
+            raise PermissionDenied(f"You may not fork operation {operation.pk}.")
+        body = ForkSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            fork = services.operation_fork(operation=operation, from_step=body.validated_data["from_step"],
+                                           actor=actor_of(request))
+        except services.OperationError as exc:
+            return error_response(exc)
+        return Response(OperationSerializer(fork).data, status=status.HTTP_201_CREATED)
 
 
 

@@ -160,6 +160,9 @@ OPTIONS = [
     Option("POISON_LIMIT", 3, positive_int,
            "Workers lost while running the same step without it getting further (killed, out of "
            "memory, gone silent) after which the operation fails, saying so, instead of starting it again."),
+    Option("TERMINATE_TIMEOUT", 2.0, positive_number,
+           "Seconds a terminate waits for the workers to say they stopped the operation's step; "
+           "it cancels the operation after that in any case."),
     Option("WATCHDOG_TIMEOUT", 60, non_negative_number,
            "Seconds a step received by a worker may wait for a free pool process that never takes it "
            "before the worker counts as wedged and exits, for its supervisor to start a new one (0: off)."),

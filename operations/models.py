@@ -63,6 +63,13 @@ class Operation(models.Model):
     resume_at = models.DateTimeField(
         null=True, blank=True, help_text="When beat resumes this interrupted operation by itself.",
     )
+    forked_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks",
+        help_text="The operation this one was forked from (services.operation_fork).",
+    )
+    forked_at_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The step (1-based) of the original this fork started at.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -83,6 +90,8 @@ class Operation(models.Model):
             ("resume_operation", "Can resume operations"),
             ("cancel_operation", "Can cancel operations"),
             ("retry_operation", "Can retry operations"),
+            ("terminate_operation", "Can terminate operations"),
+            ("fork_operation", "Can fork operations"),
         ]
 
     def __str__(self):
@@ -158,6 +167,19 @@ class StepMember(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["operation", "step_index", "member_index"], name="one_member_per_slot"),
         ]
+
+
+class StepBoundary(models.Model):
+    """The value carried into a step, kept for every step a run reached: what a fork from that
+    step starts with. Written by the advance that reaches it, in the same statement on PostgreSQL."""
+
+    # The key is the only index, and no foreign key is checked: each advance adds one row, and
+    # every index more (or a sequence) would cost every step. Deleting the operation removes them.
+    pk = models.CompositePrimaryKey("operation", "step_index")
+    operation = models.ForeignKey(Operation, on_delete=models.CASCADE, related_name="boundaries",
+                                  db_index=False, db_constraint=False)
+    step_index = models.PositiveIntegerField(help_text="The step (0-based) the value is carried into.")
+    carry = models.JSONField(null=True, blank=True)
 
 
 class StepCache(models.Model):

@@ -5,7 +5,7 @@ from django.utils import timezone
 from .catalogue import UnknownKind, get_kind
 from .conf import conf, heartbeat_interval
 from .exceptions import DATA_ERROR_NOTE
-from .models import Operation, OperationEvent, StepMember
+from .models import Operation, OperationEvent, StepBoundary, StepMember
 from .states import ACTIVE, TERMINAL, Status, legal_verbs
 
 #: The orders a list may be read in (the API's ``?ordering=``); newest first by default.
@@ -105,6 +105,27 @@ def operation_actions(operation, user=None):
     return verbs if user is None else [v for v in verbs if can_control(user, operation, v)]
 
 
+def fork_steps(operation):
+    """The steps (1-based) a fork of ``operation`` may start from: the first, and each later step
+    it reached whose carried value is kept (every completed step boundary, and the step it
+    stopped or failed at) — never past its last step."""
+    length = len(operation.steps)
+    if not length:
+        return []
+    last = min(operation.step_index, length - 1)
+    kept = StepBoundary.objects.filter(operation=operation, step_index__gt=0, step_index__lte=last)
+    return [1] + [index + 1 for index in kept.order_by("step_index").values_list("step_index", flat=True)]
+
+
+def operation_lineage(operation):
+    """(the operation it was forked from or None, with the step; its forks, oldest first)."""
+    forks = list(Operation.objects.filter(forked_from=operation).order_by("created_at", "id")
+                 .only("id", "kind", "status", "forked_at_step", "created_at"))
+    origin = (Operation.objects.filter(pk=operation.forked_from_id).only("id", "kind", "status").first()
+              if operation.forked_from_id else None)
+    return origin, forks
+
+
 def operation_row_count(operation):
     """Rows of data the operation has stored right now, or None for kinds that store none."""
     try:
@@ -118,6 +139,7 @@ def operation_dependents(operation):
     """(what, how many) a deletion of ``operation`` removes with it, counted, never listed."""
     return [("history event(s)", OperationEvent.objects.filter(operation=operation).count()),
             ("group task(s)", StepMember.objects.filter(operation=operation).count()),
+            ("kept step value(s)", StepBoundary.objects.filter(operation=operation).count()),
             ("row(s) of data it stored", operation_row_count(operation) or 0)]
 
 
@@ -246,6 +268,14 @@ def operation_speed(operation, events):
     if operation.progress_total and operation.status in ACTIVE:
         left = max(0.0, (operation.progress_total - operation.progress_done) / rate)
     return rate, left
+
+
+def operation_lineage_page(operation, user):
+    """The detail page's lineage card (not its live part, which is polled): where the operation
+    was forked from, its forks, and the steps a fork may start from if ``user`` may fork it."""
+    origin, forks = operation_lineage(operation)
+    may_fork = can_control(user, operation, "fork")
+    return {"origin": origin, "forks": forks, "fork_steps": fork_steps(operation) if may_fork else []}
 
 
 def operation_page(operation, user):

@@ -48,6 +48,12 @@ class OperationSerializer(serializers.ModelSerializer):
     resume_at = IsoDateTimeField(read_only=True, allow_null=True)
     rows_stored = serializers.SerializerMethodField()
     remaining_workflow = serializers.SerializerMethodField()
+    forked_from = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                                     help_text="The operation this one was forked from.")
+    forked_at_step = serializers.IntegerField(read_only=True, allow_null=True,
+                                              help_text="The step (1-based) of the original it started at.")
+    forks = serializers.SerializerMethodField()
+    fork_steps = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
 
     class Meta:
@@ -55,7 +61,8 @@ class OperationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "status", "status_label", "owner", "params", "progress", "result", "error",
             "run_token", "created_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
-            "heartbeat_age", "silence", "resume_at", "actions", "rows_stored", "remaining_workflow", "events",
+            "heartbeat_age", "silence", "resume_at", "actions", "rows_stored", "remaining_workflow",
+            "forked_from", "forked_at_step", "forks", "fork_steps", "events",
         ]
         read_only_fields = fields
 
@@ -68,6 +75,14 @@ class OperationSerializer(serializers.ModelSerializer):
 
     def get_actions(self, operation) -> list[str]:
         return selectors.operation_actions(operation)
+
+    def get_forks(self, operation) -> list[int]:
+        """The operations forked from this one (ids, oldest first)."""
+        return [fork.pk for fork in selectors.operation_lineage(operation)[1]]
+
+    def get_fork_steps(self, operation) -> list[int]:
+        """The steps (1-based) a fork may start from (POST …/fork/ with ``from_step``)."""
+        return selectors.fork_steps(operation)
 
     def get_heartbeat_age(self, operation) -> float | None:
         """Seconds since a worker last showed signs of life for it (or since its last dispatch)."""
@@ -98,9 +113,9 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class OperationListSerializer(OperationSerializer):
-    """The list shows each operation without its history and plan (one query per page)."""
+    """The list shows each operation without its history, plan and forks (one query per page)."""
 
     class Meta(OperationSerializer.Meta):
         fields = [f for f in OperationSerializer.Meta.fields
-                  if f not in {"events", "remaining_workflow", "rows_stored"}]
+                  if f not in {"events", "remaining_workflow", "rows_stored", "forks", "fork_steps"}]
         read_only_fields = fields

@@ -39,6 +39,7 @@ from .models import (
     Operation,
     OperationEvent,
     OperationQuota,
+    StepBoundary,
     StepCache,
     StepMember,
 )
@@ -187,16 +188,48 @@ def _compensate(operation_id, kind_name):
     return kind.compensate(Operation.objects.get(pk=operation_id)) or "compensation ran"
 
 
-def _cancel(operation_id, name, actor, *, token=None):
+def _cancel(operation_id, name, actor, *, token=None, note=""):
     with transaction.atomic():
         row = _transition(operation_id, name, actor, token=token, record_event=False,
                           returning=("previous_status", "kind"))
         if row is None:
             return None
-        note = _compensate(operation_id, row[1])
-        _event(operation_id, actor, row[0], Status.CANCELLED, f"compensation: {note}")
+        undone = _compensate(operation_id, row[1])
+        _event(operation_id, actor, row[0], Status.CANCELLED, f"{note}compensation: {undone}")
         _revoke_members_on_commit(operation_id)
         return row
+
+
+def _terminate(operation_id, actor):
+    """Stop the processes running the run's steps first, then cancel with compensation: a step
+    stuck inside its transaction holds its locks (SQLite's only write lock among them) until its
+    process is gone. A stopped step's message is acknowledged, never run again; a late write of
+    one that was not reached is refused by the cancelled status."""
+    token = Operation.objects.filter(pk=operation_id).values_list("run_token", flat=True).first()
+    stopped = _stop_step_processes(operation_id, token)
+    if stopped is None:
+        what = "no worker answered (a step still running there can write nothing: it is cancelled)"
+    else:
+        what = f"stopped {stopped} worker process(es) running its step"
+    return _cancel(operation_id, "terminate", actor, token=token, note=f"terminated: {what}; ")
+
+
+def _stop_step_processes(operation_id, run_token):
+    """Broadcast the workers' terminate command (operations.control) and count what they
+    stopped; None when no worker could be asked or none answered within TAP_TERMINATE_TIMEOUT."""
+    from .control import TERMINATE_COMMAND
+
+    try:
+        with current_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+            replies = current_app.control.broadcast(
+                TERMINATE_COMMAND, arguments={"operation_id": operation_id, "run_token": run_token},
+                reply=True, timeout=conf.TERMINATE_TIMEOUT, connection=connection)
+    except Exception:  # the broker is away: the cancel still fences every late write
+        log.exception("operation %s: could not ask the workers to stop its step", operation_id)
+        return None
+    answers = [answer for reply in replies or [] for answer in reply.values() if isinstance(answer, dict)]
+    return sum(int(answer.get("stopped", 0)) for answer in answers) if answers else None
 
 
 def _revoke_members_on_commit(operation_id):
@@ -342,9 +375,94 @@ def operation_retry(*, operation: Operation | int, actor: Actor | str | Any) -> 
     return _apply_verb(operation, "retry", actor)
 
 
+def operation_terminate(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
+    """Cancel an active operation now, even inside a step that never reaches a pause point: the
+    worker process running its step is stopped (its uncommitted writes roll back with its
+    connection), then the kind's compensation runs and the operation ends cancelled."""
+    return _apply_verb(operation, "terminate", actor)
+
+
+def operation_fork(*, operation: Operation | int, from_step: int, actor: Actor | str | Any) -> Operation:
+    """Run an operation again from step ``from_step`` (1-based, as every face numbers steps), as
+    a new operation of the same kind, owner, parameters and plan, linked both ways, that starts
+    with the value carried into that step — without redoing the steps before it.
+
+    Legal whatever the original's status, from any step it reached (``selectors.fork_steps``:
+    the first, each completed step boundary, the step it stopped or failed at); the original is
+    not changed, but its history records the fork. The new operation is started like any other
+    (owner's quota, the kind's concurrency limit, the plan checked against the allowlist again)
+    and its first step is dispatched on commit.
+    """
+    from .selectors import fork_steps
+
+    actor = Actor.coerce(actor)
+    operation_id = getattr(operation, "pk", operation)
+    original = Operation.objects.filter(pk=operation_id).first()
+    if original is None:
+        raise OperationNotFound(f"operation {operation_id} does not exist")
+    try:
+        spec = get_kind(original.kind)
+        validate_plan(original.workflow)
+    except (WorkflowError, UnknownKind) as exc:
+        _refuse(operation_id, actor, "fork", str(exc))
+    steps = original.workflow["steps"]
+    allowed = fork_steps(original)
+    where = f"operation {operation_id} can be forked from step {listed_steps(allowed)} of {len(steps)}, not {from_step!r}"
+    if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 1:
+        raise InvalidParams({"from_step": [f"give a step number: {where}"]})
+    if from_step not in allowed:  # a step number, but one it has not reached (yet): a conflict, as a verb
+        raise TransitionRefused(where, operation_id=operation_id, status=original.status)
+    index = from_step - 1
+    carry = (None if index == 0 else
+             StepBoundary.objects.filter(operation_id=operation_id, step_index=index).values_list("carry", flat=True).get())
+    try:
+        params = uploads.copy_for(original.params)
+    except FileNotFoundError:
+        _refuse(operation_id, actor, "fork", "the file it read was uploaded and has been removed since it ended; "
+                                             "start a new operation with the file")
+    owner = original.owner
+    counts_steps = spec.progress == "steps"
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _check_quota(spec, params, owner)
+            fork = Operation.objects.create(
+                owner=owner, kind=spec.name, status=Status.RUNNING, run_token=1, params=params,
+                workflow=original.workflow, step_index=index, carry=carry,
+                progress_done=index if counts_steps else 0, progress_total=len(steps) if counts_steps else None,
+                forked_from_id=operation_id, forked_at_step=from_step,
+                created_at=now, started_at=now, heartbeat_at=now, updated_at=now,
+            )
+            _acquire_slot(fork.pk, spec, fork.owner_id)
+            if index:  # the fork can be forked from where it starts, too
+                StepBoundary.objects.create(operation=fork, step_index=index, carry=carry)
+            where = f"step {from_step} of {len(steps)}"
+            _event(fork.pk, actor, "", Status.RUNNING, f"forked from operation {operation_id} at {where}")
+            _event(operation_id, actor, original.status, original.status,
+                   f"forked: operation {fork.pk} runs it again from {where}")
+            dispatch_on_commit(fork.pk, fork.run_token, index, steps)
+    except BaseException:
+        if params is not original.params:
+            uploads.discard(params)  # the fork's copy of the upload, which nothing else reads
+        raise
+    return fork
+
+
+def listed_steps(numbers):
+    """1–5, 8 (the numbers in runs)."""
+    runs, numbers = [], sorted(numbers)
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs) or "(none)"
+
+
 #: The user verbs by name: the one table every face dispatches through (pages, API, admin, CLI).
 USER_VERBS: dict[str, Callable[..., Operation]] = {
     "pause": operation_pause, "resume": operation_resume, "cancel": operation_cancel, "retry": operation_retry,
+    "terminate": operation_terminate,
 }
 
 
@@ -369,6 +487,25 @@ def operations_apply(verb: str, operations: Iterable[Operation | int], *, actor:
     for operation in operations:
         try:
             outcome.changed.append(operation_apply(verb, operation=operation, actor=actor))
+        except OperationError as exc:
+            outcome.refused.append(str(exc))
+    return outcome
+
+
+def operations_fork(operations: Iterable[Operation | int], *, actor: Actor | str | Any) -> BulkOutcome:
+    """Fork each operation from where it stopped (the last step it reached: the failed step of a
+    failed one, the last step of a completed one) — the admin's action on a selection."""
+    from .selectors import fork_steps
+
+    outcome = BulkOutcome([], [])
+    for operation in operations:
+        original = operation if isinstance(operation, Operation) else Operation.objects.filter(pk=operation).first()
+        if original is None:
+            outcome.refused.append(f"operation {operation} does not exist")
+            continue
+        try:
+            where = (fork_steps(original) or [1])[-1]
+            outcome.changed.append(operation_fork(operation=original, from_step=where, actor=actor))
         except OperationError as exc:
             outcome.refused.append(str(exc))
     return outcome
@@ -463,6 +600,7 @@ _VERB_HANDLERS = {
     "retry": _redispatch("retry"),
     "request_cancel": _simple("request_cancel", "the worker cancels at the next pause point"),
     "cancel_now": lambda operation_id, actor: _cancel(operation_id, "cancel_now", actor),
+    "terminate": lambda operation_id, actor: _terminate(operation_id, actor),
 }
 
 
@@ -520,7 +658,8 @@ def _guarded(run_token, fence):
 
 
 def step_advance(operation_id, run_token, fence, index, carry, *, count_step):
-    """After a step: move the head past it with its result, in the step's transaction.
+    """After a step: move the head past it with its result, in the step's transaction (and keep
+    the result as the value carried into the next step, for a fork from there).
 
     Raises Fenced (rolling the step's own writes back) if another run moved the row on.
     Returns the row's status, so a pending pause or cancel is seen without another query.
@@ -530,11 +669,10 @@ def step_advance(operation_id, run_token, fence, index, carry, *, count_step):
               "carry": carry, "checkpoint": None, "heartbeat_at": now, "updated_at": now}
     if count_step:
         values["progress_done"] = index + 1
-    row = bus.update(operation_id, values, _guarded(run_token, fence), returning=("status",),
-                     durable=conf.DURABLE_STEP_COMMITS)
-    if row is None:
+    status = bus.advance(operation_id, values, _guarded(run_token, fence), durable=conf.DURABLE_STEP_COMMITS)
+    if status is None:
         raise Fenced(f"operation {operation_id}: step {index} lost its fence (run {run_token})")
-    return row[0]
+    return status
 
 
 def step_checkpoint(operation_id, run_token, fence, state, *, done=None, total=None):

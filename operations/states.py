@@ -33,7 +33,7 @@ class Transition:
     name: str
     sources: frozenset
     target: str
-    #: The user-facing verb this transition serves (pause, resume, cancel, retry), if any.
+    #: The user-facing verb this transition serves (pause, resume, cancel, retry, terminate), if any.
     verb: str = ""
 
 
@@ -49,6 +49,8 @@ TRANSITIONS = {
         Transition("obey_cancel", frozenset({Status.CANCEL_REQUESTED}), Status.CANCELLED),
         Transition("cancel_now", frozenset({Status.PAUSED, Status.FAILED, Status.INTERRUPTED}),
                    Status.CANCELLED, "cancel"),
+        # a person: the step's worker process is stopped, its writes roll back, compensation runs
+        Transition("terminate", ACTIVE, Status.CANCELLED, "terminate"),
         Transition("complete", frozenset({Status.RUNNING}), Status.COMPLETED),
         Transition("fail", frozenset({Status.RUNNING, Status.PAUSE_REQUESTED}), Status.FAILED),
         Transition("retry", frozenset({Status.FAILED}), Status.RUNNING, "retry"),
@@ -58,8 +60,12 @@ TRANSITIONS = {
     )
 }
 
-VERBS = ("pause", "resume", "cancel", "retry")
-VERB_PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried"}
+VERBS = ("pause", "resume", "cancel", "retry", "terminate")
+VERB_PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried",
+             "terminate": "terminated", "fork": "forked"}
+#: Verbs that start a new, linked operation instead of moving this one: legal in any status, from
+#: the steps ``selectors.fork_steps`` lists.
+NEW_OPERATION_VERBS = ("fork",)
 
 
 def transitions_for_verb(verb):

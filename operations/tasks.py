@@ -11,6 +11,7 @@ from celery.worker.request import Request
 from django.db import close_old_connections, connections
 
 from . import engine, services
+from .control import STEP_TASKS
 
 log = logging.getLogger("operations.engine")
 
@@ -31,8 +32,9 @@ class StepRequest(Request):
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-#: Tasks whose first statement, the claim, checks the connection itself (engine._claim).
-CLAIMING_TASKS = {"operations.run_step", "operations.run_member"}
+#: Tasks whose first statement, the claim, checks the connection itself (engine._claim). Importing
+#: operations.control also registers the worker's terminate command.
+CLAIMING_TASKS = STEP_TASKS
 
 
 @task_prerun.connect

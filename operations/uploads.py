@@ -4,7 +4,9 @@ An operation that failed or was interrupted can be retried or resumed, and reads
 one that completed or was cancelled never will, and neither will one that was deleted.
 """
 
+import os
 import re
+import shutil
 import unicodedata
 import uuid
 from functools import partial
@@ -56,15 +58,38 @@ def store(upload):
 
 def discard(params):
     """Remove the upload an operation's params name, if any; server-side files are never touched."""
-    path = params.get("path") if isinstance(params, dict) else None
-    if not path:
-        return False
-    folder = conf.UPLOAD_DIR
-    candidate = Path(path).resolve()
-    if folder is None or candidate.parent != Path(folder).resolve():
+    candidate = _upload_path(params)
+    if candidate is None:
         return False
     candidate.unlink(missing_ok=True)
     return True
+
+
+def _upload_path(params):
+    """The upload an operation's params name, or None (no path, or a server-side file)."""
+    path = params.get("path") if isinstance(params, dict) else None
+    folder = conf.UPLOAD_DIR
+    if not path or folder is None:
+        return None
+    candidate = Path(path).resolve()
+    return candidate if candidate.parent == Path(folder).resolve() else None
+
+
+def copy_for(params):
+    """A fork's own copy of the upload its original reads (a hard link where it can), so that
+    either one ending removes only its own file; params unchanged for a server-side file.
+    Raises FileNotFoundError if the original's upload is gone (it completed or was cancelled)."""
+    source = _upload_path(params)
+    if source is None:
+        return params
+    if not source.is_file():
+        raise FileNotFoundError(source.name)
+    target = source.with_name(f"{uuid.uuid4().hex}-{source.name.partition('-')[2] or source.name}")
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return {**params, "path": str(target)}
 
 
 def discard_for(operation_id):

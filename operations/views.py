@@ -117,13 +117,20 @@ class OperationDetailView(VisibleOperationMixin, DetailView):
         return self.get_operation()
 
     def get_context_data(self, **kwargs):
-        return super().get_context_data(**selectors.operation_page(self.object, self.request.user), **kwargs)
+        return super().get_context_data(**selectors.operation_page(self.object, self.request.user),
+                                        **self.lineage(), **kwargs)
+
+    def lineage(self):
+        return selectors.operation_lineage_page(self.object, self.request.user)
 
 
 class OperationProgressView(OperationDetailView):
     """The live part of the detail page, polled by htmx while the operation moves."""
 
     template_name = "operations/_live.html"
+
+    def lineage(self):
+        return {}  # the lineage card is not part of what is polled
 
 
 class OperationResultView(VisibleOperationMixin, View):
@@ -152,6 +159,37 @@ class OperationCancelConfirmView(OperationDetailView):
     """What a cancel will undo, before the user confirms it."""
 
     template_name = "operations/cancel_confirm.html"
+
+
+class OperationTerminateConfirmView(OperationDetailView):
+    """What a terminate stops and undoes, before the user confirms it."""
+
+    template_name = "operations/terminate_confirm.html"
+
+
+class OperationForkView(VisibleOperationMixin, View):
+    """POST /operations/<id>/fork/ with ``from_step``: the new operation's page, or back with why not."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        operation = self.get_operation()
+        if not selectors.can_control(request.user, operation, "fork"):
+            raise PermissionDenied(f"You may not fork operation {operation.pk}.")
+        raw = request.POST.get("from_step", "")
+        try:
+            from_step = int(raw)
+            fork = services.operation_fork(operation=operation, from_step=from_step,
+                                           actor=services.Actor.coerce(request.user, via="web"))
+        except ValueError:
+            messages.warning(request, f"from_step: give the number of a step, not {raw!r}")
+        except services.OperationError as exc:
+            messages.warning(request, str(exc))
+        else:
+            messages.success(request, f"Operation {fork.pk} runs operation {operation.pk} again from step {from_step}.",
+                             extra_tags=f"tap-status-{fork.status}")
+            return redirect("operations:detail", pk=fork.pk)
+        return redirect("operations:detail", pk=operation.pk)
 
 
 class OperationControlView(VisibleOperationMixin, View):

@@ -24,7 +24,7 @@ DOCS = ROOT / "docs"
 
 def test_the_front_door_exports_the_public_api():
     for name in ("step", "Kind", "KindForm", "register_kind", "StepContext", "operation_start",
-                 "operation_pause", "operation_resume", "operation_cancel", "operation_retry",
+                 "operation_pause", "operation_resume", "operation_cancel", "operation_retry", "operation_fork",
                  "OperationError", "TransitionRefused", "InvalidParams"):
         assert name in operations.__all__
     for name in operations.__all__:

@@ -89,6 +89,28 @@ register_kind(Kind(
     recovery=AUTO_RECOVERY,  # like the demo kinds: the fault suite needs no person
 ))
 
+# stuck: step 1 commits a row, step 2 writes one and then sleeps an hour inside its transaction,
+# where no checkpoint is (what terminate is for) — only while the file ``hold`` (named tap-hold-*)
+# exists, so that a start by the API fuzzer, which cannot make that file, does not hang.
+@step(name="tests.write_record_and_hold", context=True)
+def write_record_and_hold(ctx, carry, line, hold):
+    write_rows(ctx.operation_id, [line])
+    if Path(hold).name.startswith("tap-hold-") and Path(hold).is_file():
+        time.sleep(3600)
+    return (carry or 0) + 1
+
+
+class StuckForm(KindForm):
+    hold = forms.CharField(max_length=500)
+
+
+register_kind(Kind(
+    name="stuck", label="Stuck (tests)", form=StuckForm,
+    build=lambda p: chain(write_record.s(None, 0), write_record_and_hold.s(1, p["hold"])),
+    compensate=remove_rows,
+    cancel_effect="Removes every record this operation wrote.",
+))
+
 # The same kinds without a recovery policy: the settings' default (off) applies, a person resumes.
 register_kind(dataclasses.replace(get_kind("records"), name="tests.records_manual",
                                   label="Records (tests, no automatic recovery)", recovery=None))

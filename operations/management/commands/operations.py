@@ -24,7 +24,7 @@ from operations.states import ACTIVE, Status, label
 
 
 class Command(BaseCommand):
-    help = "Start, list, show, pause, resume, cancel and retry operations."
+    help = "Start, list, show, pause, resume, cancel, retry and fork operations."
 
     def add_arguments(self, parser):
         verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -57,6 +57,13 @@ class Command(BaseCommand):
             if verb in self.SETTLED:
                 sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
                 sub.add_argument("--timeout", type=float, default=120.0)
+
+        fork = verbs.add_parser("fork", help="run an operation again from a step, as a new linked operation; "
+                                             "prints the new one's id")
+        fork.add_argument("id", type=int)
+        fork.add_argument("--from-step", type=int, required=True, metavar="N",
+                          help="the step (1-based) to start at; `show` lists those it may start from")
+        fork.add_argument("--json", action="store_true")
 
         count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
         count.add_argument("id", type=int)
@@ -167,6 +174,12 @@ class Command(BaseCommand):
         if operation.error:
             self.stdout.write(f"  error:    {operation.error}")
         self.stdout.write(f"  run:      {operation.run_token}   actions: {', '.join(data['actions']) or '-'}")
+        if data["forked_from"]:
+            self.stdout.write(f"  forked:   from operation {data['forked_from']} at step {data['forked_at_step']}")
+        if data["forks"]:
+            self.stdout.write(f"  forks:    {', '.join(str(pk) for pk in data['forks'])}")
+        if data["fork_steps"]:
+            self.stdout.write(f"  fork from step: {services.listed_steps(data['fork_steps'])}")
         self.stdout.write("  events:")
         for event in data["events"]:
             self.stdout.write(f"    {event['at']}  {event['actor']:<10} {event['from_status'] or '-':>16} → "
@@ -181,6 +194,13 @@ class Command(BaseCommand):
         self._report(operation, verb)
         if wait:
             self._wait(id, until=self.SETTLED[verb], timeout=timeout, reported=operation.status)
+
+    def do_fork(self, id, from_step, json, **options):
+        fork = services.operation_fork(operation=id, from_step=from_step, actor=services.CLI)
+        if json:
+            self._json(OperationSerializer(fork).data)
+        else:
+            self.stdout.write(str(fork.pk))
 
     def do_count(self, id, **options):
         operation = selectors.operation_get(operation_id=id)
