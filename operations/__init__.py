@@ -37,6 +37,13 @@ _EXPORTS = {
     "operation_cancel": "operations.services",
     "operation_retry": "operations.services",
     "operation_fork": "operations.services",
+    "operation_terminate": "operations.services",
+    "operation_edit": "operations.services",
+    "operation_approve": "operations.services",
+    "operation_reject": "operations.services",
+    "operation_signal": "operations.services",
+    "wait_for_signal": "operations.waiting",
+    "wait_for_approval": "operations.waiting",
     "Actor": "operations.services",
     # the control bus
     "Operation": "operations.models",
@@ -103,15 +110,24 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X`` marks a re-expo
     )
     from .services import (
         Actor as Actor,
+        operation_approve as operation_approve,
         operation_cancel as operation_cancel,
+        operation_edit as operation_edit,
         operation_fork as operation_fork,
         operation_pause as operation_pause,
+        operation_reject as operation_reject,
         operation_resume as operation_resume,
         operation_retry as operation_retry,
+        operation_signal as operation_signal,
         operation_start as operation_start,
+        operation_terminate as operation_terminate,
     )
     from .states import (
         Status as Status,
+    )
+    from .waiting import (
+        wait_for_approval as wait_for_approval,
+        wait_for_signal as wait_for_signal,
     )
     from .workflow import (
         checkpoint as checkpoint,

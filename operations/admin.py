@@ -105,7 +105,7 @@ class OperationAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over 100k rows on every page view adds nothing
-    actions = ["pause", "resume", "cancel", "terminate", "retry", "fork"]
+    actions = ["approve", "reject", "pause", "resume", "cancel", "terminate", "retry", "fork"]
     inlines = [OperationEventInline, StepMemberInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
               "remaining_workflow", "lineage", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
@@ -136,7 +136,11 @@ class OperationAdmin(admin.ModelAdmin):
         actions = selectors.operation_actions(operation, request.user) if operation else []
         if operation and selectors.can_control(request.user, operation, "fork") and selectors.fork_steps(operation):
             actions.append("fork")
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "tap_actions": actions})
+        # Editing a paused operation's parameters is a form: its page has it (staff see every page).
+        edit_url = (reverse("operations:detail", args=[operation.pk]) + "#edit"
+                    if operation and selectors.edit_form(operation, request.user) else "")
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "tap_actions": actions,
+                                                                   "tap_edit_url": edit_url})
 
     def response_action(self, request, queryset):
         """A verb pressed on an operation's page goes back to that page, not to the list."""
@@ -275,6 +279,14 @@ class OperationAdmin(admin.ModelAdmin):
     def cancel(self, request, queryset):
         return self._confirmed(request, queryset, "cancel")
 
+    @admin.action(description="Approve", permissions=["approve"])
+    def approve(self, request, queryset):
+        self._apply(request, queryset, "approve")
+
+    @admin.action(description="Reject", permissions=["reject"])
+    def reject(self, request, queryset):
+        return self._confirmed(request, queryset, "reject")
+
     @admin.action(description="Terminate", permissions=["terminate"])
     def terminate(self, request, queryset):
         return self._confirmed(request, queryset, "terminate")
@@ -283,6 +295,8 @@ class OperationAdmin(admin.ModelAdmin):
     CONFIRM_INTRO = {
         "cancel": "Cancel these operations? Running ones stop at their next pause point; paused, failed and "
                   "interrupted ones are cancelled at once. Each cancel undoes what its operation wrote:",
+        "reject": "Reject these waiting operations? Each one ends cancelled, and its compensation undoes what "
+                  "it wrote:",
         "terminate": "Terminate these operations? The worker process running each one's step is stopped at once, "
                      "without waiting for a pause point, and what the step had not committed is lost. Each "
                      "terminate undoes what its operation wrote:",
@@ -308,8 +322,17 @@ class OperationAdmin(admin.ModelAdmin):
     def has_cancel_permission(self, request):
         return request.user.has_perm("operations.cancel_operation")
 
+    def has_approve_permission(self, request):
+        return request.user.has_perm("operations.approve_operation")
+
+    def has_reject_permission(self, request):
+        return request.user.has_perm("operations.reject_operation")
+
     def has_terminate_permission(self, request):
         return request.user.has_perm("operations.terminate_operation")
+
+    def has_edit_permission(self, request):
+        return request.user.has_perm("operations.edit_operation")
 
     def has_fork_permission(self, request):
         return request.user.has_perm("operations.fork_operation")

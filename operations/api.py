@@ -212,8 +212,39 @@ class QueryText(serializers.CharField):
 
 
 @extend_schema_field({"type": "string", "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"})
-class QueryName(serializers.CharField):
-    """A name given as a query parameter: not blank, no NUL characters (and the schema says so)."""
+class NonBlankText(serializers.CharField):
+    """A name (a query parameter, a signal's): not blank, no NUL characters, and the schema says so."""
+
+
+class ApproveSerializer(serializers.Serializer):
+    """The body of an approve (optional): what the next step gets as the carried value."""
+
+    payload = serializers.JSONField(required=False, allow_null=True,
+                                    help_text="Carried into the next step; left out: the value carried into the wait.")
+
+
+class SignalSerializer(ApproveSerializer):
+    """The body of a signal: the name the operation waits for, and what the next step gets."""
+
+    name = NonBlankText(max_length=100, help_text="The signal's name (what `waiting_for` says).")
+
+
+class StepEditSerializer(serializers.Serializer):
+    """One remaining step's edit: its arguments or task, or leave it out."""
+
+    step = serializers.IntegerField(min_value=1, help_text="The step (1-based) to change; one not run yet.")
+    task = serializers.CharField(required=False, help_text="Another registered operation step.")
+    args = serializers.ListField(required=False, child=serializers.JSONField())
+    kwargs = serializers.DictField(required=False, child=serializers.JSONField())
+    skip = serializers.BooleanField(required=False, help_text="Leave the step out.")
+
+
+class EditSerializer(serializers.Serializer):
+    """The body of an edit of a paused operation (``operations.operation_edit``)."""
+
+    params = serializers.DictField(required=False, child=serializers.JSONField(),
+                                   help_text="New values of the kind's editable parameters.")
+    steps = StepEditSerializer(many=True, required=False)
 
 
 class CommaSeparated(serializers.ListField):
@@ -231,7 +262,7 @@ class ListQuery(serializers.Serializer):
     status = CommaSeparated(child=serializers.ChoiceField(choices=Status.values), required=False,
                             help_text="One status or several, comma-separated.")
     kind = CommaSeparated(child=QueryText(), required=False, help_text="One kind or several.")
-    owner = QueryName(required=False, help_text="A username. People other than staff see only "
+    owner = NonBlankText(required=False, help_text="A username. People other than staff see only "
                                   "their own operations, so another owner's name gives an empty list.")
     created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
     created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
@@ -250,7 +281,8 @@ class ListQuery(serializers.Serializer):
 
 class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Operations you own (staff: all). POST starts one; POST …/<verb>/ pauses, resumes, cancels,
-    retries, terminates; POST …/fork/ runs one again from a step, as a new linked operation."""
+    retries, terminates; POST …/edit/ changes a paused one's remaining plan; POST …/fork/ runs one
+    again from a step, as a new linked operation."""
 
     serializer_class = OperationSerializer
     queryset = Operation.objects.none()  # for the schema; requests use get_queryset()
@@ -329,28 +361,69 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     def retry(self, request, pk=None):
         return self._control(request, "retry")
 
+    @described(request=ApproveSerializer, responses={202: OperationSerializer, 400: ErrorSerializer,
+                                                     409: ErrorSerializer, 404: ErrorSerializer, **REFUSALS})
+    @action(detail=True, methods=["post"], parser_classes=[BoundedJSONParser])
+    def approve(self, request, pk=None):
+        """Wake a waiting operation; ``payload`` (optional) is carried into the next step."""
+        return self._act(request, "approve", ApproveSerializer, status.HTTP_202_ACCEPTED,
+                         lambda operation, data: services.operation_approve(
+                             operation=operation, actor=actor_of(request), payload=data.get("payload")))
+
+    @described(request=SignalSerializer, responses={202: OperationSerializer, 400: ErrorSerializer,
+                                                    409: ErrorSerializer, 404: ErrorSerializer, **REFUSALS})
+    @action(detail=True, methods=["post"], parser_classes=[BoundedJSONParser])
+    def signal(self, request, pk=None):
+        """Send the signal ``name`` to an operation waiting for it, with an optional ``payload``."""
+        return self._act(request, "approve", SignalSerializer, status.HTTP_202_ACCEPTED,
+                         lambda operation, data: services.operation_signal(
+                             operation=operation, name=data["name"], actor=actor_of(request),
+                             payload=data.get("payload")))
+
+    def _act(self, request, permission, body_class, answer_status, call):
+        """A verb with a body: the permission (a model permission for staff), the body's fields,
+        then the service; its refusal in the one error shape."""
+        operation = self.get_object()
+        if not selectors.can_control(request.user, operation, permission):
+            raise PermissionDenied(f"You may not {permission} operation {operation.pk}.")
+        body = body_class(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            changed = call(operation, body.validated_data)
+        except services.OperationError as exc:
+            return error_response(exc)
+        return Response(OperationSerializer(changed).data, status=answer_status)
+
+    @_control_schema
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        """End a waiting operation: cancelled, with its compensation."""
+        return self._control(request, "reject")
+
     @_control_schema
     @action(detail=True, methods=["post"])
     def terminate(self, request, pk=None):
         """Cancel now, stopping the worker process of a step that never reaches a pause point."""
         return self._control(request, "terminate")
 
+    @described(request=EditSerializer, responses={200: OperationSerializer, 400: ErrorSerializer,
+                                                   404: ErrorSerializer, 409: ErrorSerializer, **REFUSALS})
+    @action(detail=True, methods=["post"], parser_classes=[BoundedJSONParser])
+    def edit(self, request, pk=None):
+        """Change the remaining plan of a paused operation; a resume runs the edited plan."""
+        return self._act(request, "edit", EditSerializer, status.HTTP_200_OK,
+                         lambda operation, data: services.operation_edit(
+                             operation=operation, actor=actor_of(request), params=data.get("params"),
+                             steps=[dict(step) for step in data.get("steps", [])]))
+
     @described(request=ForkSerializer, responses={201: OperationSerializer, 400: ErrorSerializer,
                                                    404: ErrorSerializer, 409: ErrorSerializer, **REFUSALS})
     @action(detail=True, methods=["post"])
     def fork(self, request, pk=None):
         """A new operation, linked to this one, that runs it again from ``from_step``."""
-        operation = self.get_object()
-        if not selectors.can_control(request.user, operation, "fork"):
-            raise PermissionDenied(f"You may not fork operation {operation.pk}.")
-        body = ForkSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            fork = services.operation_fork(operation=operation, from_step=body.validated_data["from_step"],
-                                           actor=actor_of(request))
-        except services.OperationError as exc:
-            return error_response(exc)
-        return Response(OperationSerializer(fork).data, status=status.HTTP_201_CREATED)
+        return self._act(request, "fork", ForkSerializer, status.HTTP_201_CREATED,
+                         lambda operation, data: services.operation_fork(
+                             operation=operation, from_step=data["from_step"], actor=actor_of(request)))
 
 
 

@@ -9,7 +9,7 @@ class OperationsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete
 
-        from . import catalogue, checks, integration, uploads  # noqa: F401  (checks register themselves)
+        from . import catalogue, checks, integration, uploads, waiting  # noqa: F401  (checks, wait step register themselves)
         from .models import Operation
 
         catalogue.autodiscover()

@@ -58,6 +58,12 @@ class KindForm(forms.Form):
             self._errors[name] = self.error_class([message])
             self.cleaned_data.pop(name, None)
 
+    def param_value(self, name: str, value: Any) -> Any:
+        """One parameter cleaned as ``params()`` cleans it (an edit of a paused operation)."""
+        field = self.fields[name]
+        cleaned = field.clean(value)
+        return _jsonable(field.initial if cleaned in (None, "") else cleaned)
+
     def params(self) -> dict[str, Any]:
         """Cleaned values as JSON; an optional field left empty takes its ``initial`` default."""
         return {
@@ -141,6 +147,10 @@ class Kind:
     #: params → the New form's initial values to "Start again" from an operation (None: its
     #: params, less the hidden ones). A file upload cannot be filled in: people choose it again.
     start_again: Callable[[dict], dict] | None = None
+    #: Parameters a person may change while the operation is paused (``operation_edit``), e.g. an
+    #: import's ``rows_per_second`` and ``chunk_rows``: the plan is built again from the edited
+    #: parameters, and its remaining steps replace the stored ones.
+    editable: tuple[str, ...] = ()
 
     def start_again_initial(self, params: dict) -> dict:
         initial = self.start_again(dict(params)) if self.start_again else dict(params)

@@ -38,6 +38,7 @@ from .exceptions import DATA_ERROR_NOTE, DataError, MemberStopped, StopStep
 from .models import Operation
 from .outages import is_outage
 from .states import Status
+from .waiting import WaitHere
 from .workflow import STEPS, is_pause_point, step_arguments, watching_member
 
 log = logging.getLogger("operations.engine")
@@ -317,6 +318,12 @@ def _run_claimed(task, run, index, claim):
         if not run.stop_here(stop.status, index, where=f"inside step {index + 1} of {run.length}, at its last checkpoint"):
             # The pause was withdrawn since the checkpoint: go on from it.
             services.dispatch_on_commit(operation_id, run_token, index, run.steps)
+    except WaitHere as wait:  # a wait step: park the operation, hold no worker
+        status = services.operation_wait(operation_id, run_token, ctx.fence, index, name=wait.name,
+                                         timeout=wait.timeout)
+        if status not in (None, Status.WAITING) and not run.stop_here(
+                status, index, where=f"at step {index + 1} of {run.length}, before its wait"):
+            services.dispatch_on_commit(operation_id, run_token, index, run.steps)  # withdrawn: wait again
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:

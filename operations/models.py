@@ -61,7 +61,11 @@ class Operation(models.Model):
         null=True, blank=True, help_text="The write sequence at the last automatic resume.",
     )
     resume_at = models.DateTimeField(
-        null=True, blank=True, help_text="When beat resumes this interrupted operation by itself.",
+        null=True, blank=True, help_text="When beat acts on it by itself: resumes it if interrupted, ends "
+                                         "its wait (as the wait step says) if waiting.",
+    )
+    waiting_for = models.CharField(
+        max_length=100, blank=True, help_text="While waiting: the signal it waits for (approval, or a name).",
     )
     forked_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks",
@@ -92,6 +96,9 @@ class Operation(models.Model):
             ("retry_operation", "Can retry operations"),
             ("terminate_operation", "Can terminate operations"),
             ("fork_operation", "Can fork operations"),
+            ("edit_operation", "Can edit paused operations"),
+            ("approve_operation", "Can approve or signal waiting operations"),
+            ("reject_operation", "Can reject waiting operations"),
         ]
 
     def __str__(self):

@@ -26,9 +26,9 @@ log = logging.getLogger("operations.reconciler")
 
 
 def reconcile_once() -> tuple[list[int], list[int]]:
-    """One round: (ids marked interrupted, ids resumed automatically)."""
+    """One round: (ids marked interrupted, ids resumed automatically or whose wait timed out)."""
     close_old_connections()
-    return services.operations_reconcile(), services.operations_recover()
+    return services.operations_reconcile(), services.operations_recover() + services.operations_expire_waits()
 
 
 class Reconciler(threading.Thread):

@@ -271,11 +271,26 @@ def operation_speed(operation, events):
 
 
 def operation_lineage_page(operation, user):
-    """The detail page's lineage card (not its live part, which is polled): where the operation
-    was forked from, its forks, and the steps a fork may start from if ``user`` may fork it."""
+    """The detail page's cards that are not polled: where the operation was forked from, its
+    forks, the steps a fork may start from if ``user`` may fork it, and the edit form."""
     origin, forks = operation_lineage(operation)
     may_fork = can_control(user, operation, "fork")
-    return {"origin": origin, "forks": forks, "fork_steps": fork_steps(operation) if may_fork else []}
+    return {"origin": origin, "forks": forks, "fork_steps": fork_steps(operation) if may_fork else [],
+            "edit_form": edit_form(operation, user)}
+
+
+def edit_form(operation, user, data=None):
+    """The kind's form cut down to its editable parameters, filled with the operation's values:
+    for a paused operation whose kind has some, if ``user`` may edit it; else None."""
+    kind = _kind_or_none(operation)
+    if (operation.status != Status.PAUSED or kind is None or not kind.editable
+            or not can_control(user, operation, "edit")):
+        return None
+    form = kind.form(data=data, initial={name: operation.params.get(name) for name in kind.editable})
+    for name in list(form.fields):
+        if name not in kind.editable:
+            del form.fields[name]
+    return form
 
 
 def operation_page(operation, user):

@@ -9,6 +9,7 @@ the worker's and beat's transitions below them are internal.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from celery import current_app
+from django import forms
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -287,7 +289,7 @@ def clean_params(kind, params, files=None):
 
 
 #: What counts against a quota's unfinished operations: what a worker runs or may run again soon.
-UNFINISHED = ACTIVE | {Status.PAUSED, Status.INTERRUPTED}
+UNFINISHED = ACTIVE | {Status.PAUSED, Status.INTERRUPTED, Status.WAITING}
 
 
 def quota_of(owner: Any) -> tuple[int | None, float | None]:
@@ -448,6 +450,132 @@ def operation_fork(*, operation: Operation | int, from_step: int, actor: Actor |
     return fork
 
 
+#: What an edit may say of one remaining step (``operation_edit(steps=[...])``).
+STEP_EDIT_KEYS = frozenset({"step", "task", "args", "kwargs", "skip"})
+
+
+def operation_edit(*, operation: Operation | int, actor: Actor | str | Any,
+                   params: Mapping[str, Any] | None = None, steps: list[dict] | None = None) -> Operation:
+    """Change what a paused operation has left to run; a resume runs the edited plan.
+
+    ``params``: new values of the kind's ``editable`` parameters, checked by the kind's form
+    fields; the plan is built again from them and its remaining steps replace the stored ones.
+    ``steps``: edits of single remaining steps, ``{"step": N, "kwargs": {...}}`` (or ``"args"``,
+    ``"task"``), or ``{"step": N, "skip": true}`` to leave it out (N is 1-based, as the pages
+    number steps). The edited plan is checked as a start's is (only registered steps, arguments
+    bound against each step's signature); a refusal names what was wrong and changes nothing.
+    One conditional UPDATE (still paused, same run and write sequence); an event records the diff.
+    """
+    actor = Actor.coerce(actor)
+    operation_id = getattr(operation, "pk", operation)
+    row = Operation.objects.filter(pk=operation_id).first()
+    if row is None:
+        raise OperationNotFound(f"operation {operation_id} does not exist")
+    if row.status != Status.PAUSED:
+        raise TransitionRefused(f"operation {operation_id} is {row.get_status_display().lower()}; only paused "
+                                f"operations can be edited (pause it first)", operation_id=operation_id, status=row.status)
+    try:
+        spec = get_kind(row.kind)
+    except UnknownKind as exc:
+        raise TransitionRefused(f"operation {operation_id} cannot be edited: {exc}", operation_id=operation_id,
+                                status=row.status) from None
+    done, plan = row.step_index, row.workflow
+    changes, new_params = [], dict(row.params)
+    if params:
+        new_params, changes = _edited_params(spec, row.params, params)
+        rebuilt = _plan_of(spec, new_params, plan["pause_every"])
+        if rebuilt["steps"][:done] != plan["steps"][:done] or len(rebuilt["steps"]) < done:
+            raise InvalidParams({"params": ["this change would alter steps already done; fork the operation instead"]})
+        plan = {**plan, "steps": plan["steps"][:done] + rebuilt["steps"][done:]}
+    checkpoint = row.checkpoint
+    if steps:
+        plan, step_changes, head_changed = _edited_steps(plan, done, steps)
+        changes += step_changes
+        if head_changed:
+            checkpoint = None  # the head step is not the one whose cursor this was
+    if not changes:
+        raise InvalidParams({"__all__": ["nothing to change: give params or steps that differ from the plan's"]})
+    try:
+        validate_plan(plan)
+    except WorkflowError as exc:
+        raise InvalidParams({"steps": [str(exc)]}) from None
+    assignments = {"params": new_params, "workflow": plan, "checkpoint": checkpoint, "updated_at": timezone.now()}
+    if spec.progress == "steps":
+        assignments["progress_total"] = len(plan["steps"])
+    with transaction.atomic():
+        changed = bus.update(operation_id, assignments, [
+            bus.in_statuses({Status.PAUSED}), (f"{bus.column('run_token')} = %s", [row.run_token]),
+            (f"{bus.column('fence')} = %s", [row.fence])])
+        if changed is None:
+            _refuse(operation_id, actor, "edit", "it changed while the edit was checked; look again and retry")
+        _event(operation_id, actor, Status.PAUSED, Status.PAUSED, "edited: " + "; ".join(changes))
+    return Operation.objects.get(pk=operation_id)
+
+
+def _edited_params(spec, stored, edits):
+    if not isinstance(edits, Mapping):
+        raise InvalidParams({"params": ["must be an object of parameter names to values"]})
+    not_editable = sorted(set(edits) - set(spec.editable))
+    if not_editable:
+        allowed = ", ".join(spec.editable) or "none"
+        raise InvalidParams({name: [f"{spec.name} does not let {name} change while paused (editable: {allowed})"]
+                             for name in not_editable})
+    form, errors, new, changes = spec.form(), {}, dict(stored), []
+    for name, value in edits.items():
+        try:
+            new[name] = form.param_value(name, value)
+        except forms.ValidationError as exc:
+            errors[name] = list(exc.messages)
+            continue
+        if new[name] != stored.get(name):
+            changes.append(f"{name} {stored.get(name)!r} → {new[name]!r}")
+    if errors:
+        raise InvalidParams(errors)
+    return new, changes
+
+
+def _plan_of(spec, params, pause_every):
+    try:
+        return build_plan(spec.build(params), pause_every=pause_every)
+    except (WorkflowError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidParams({"params": [f"the plan cannot be built from them: {exc}"]}) from None
+
+
+def _edited_steps(plan, done, edits):
+    """Apply step edits to a copy of ``plan``; returns (plan, changes described, head changed)."""
+    if not isinstance(edits, list):
+        raise InvalidParams({"steps": ["must be a list of step edits"]})
+    steps, skipped, changes = [dict(entry) for entry in plan["steps"]], set(), []
+    length = len(steps)
+    for position, edit in enumerate(edits):
+        where = f"steps[{position}]"
+        if not isinstance(edit, dict) or not isinstance(edit.get("step"), int) or isinstance(edit.get("step"), bool):
+            raise InvalidParams({where: ['give {"step": N, …} with N a step number']})
+        unknown = sorted(set(edit) - STEP_EDIT_KEYS)
+        if unknown:
+            raise InvalidParams({where: [f"unknown key(s) {', '.join(unknown)}; a step edit has "
+                                         f"{', '.join(sorted(STEP_EDIT_KEYS))}"]})
+        number = edit["step"]
+        if not done < number <= length:
+            raise InvalidParams({where: [f"step {number}: only the remaining steps, {done + 1}–{length}, can be edited"]})
+        index = number - 1
+        if "group" in steps[index]:
+            raise InvalidParams({where: [f"step {number} is a group of tasks; a group's tasks cannot be edited"]})
+        if edit.get("skip"):
+            skipped.add(index)
+            changes.append(f"step {number} ({steps[index]['task']}) skipped")
+            continue
+        for key in ("task", "args", "kwargs"):
+            if key in edit and edit[key] != steps[index].get(key):
+                changes.append(f"step {number} {key} {steps[index].get(key)!r} → {edit[key]!r}")
+                steps[index][key] = edit[key]
+    kept = [entry for index, entry in enumerate(steps) if index not in skipped]
+    if len(kept) <= done and skipped:
+        raise InvalidParams({"steps": ["an edit cannot skip every remaining step; cancel the operation instead"]})
+    head_changed = done in skipped or (done < length and steps[done] != plan["steps"][done])
+    return {**plan, "steps": kept}, changes, head_changed
+
+
 def listed_steps(numbers):
     """1–5, 8 (the numbers in runs)."""
     runs, numbers = [], sorted(numbers)
@@ -459,10 +587,86 @@ def listed_steps(numbers):
     return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs) or "(none)"
 
 
+def operation_approve(*, operation: Operation | int, actor: Actor | str | Any, payload: Any = None) -> Operation:
+    """Wake a waiting operation (whatever it waits for): it goes on with the next step, with
+    ``payload`` as the carried value if one is given (else the value carried into the wait)."""
+    return _wake_verb(operation, "approve", actor, payload=payload)
+
+
+def operation_signal(*, operation: Operation | int, name: str, actor: Actor | str | Any,
+                     payload: Any = None) -> Operation:
+    """Send the signal ``name`` to a waiting operation: it goes on only if it waits for that
+    name (refused otherwise, naming what it waits for), with ``payload`` carried on."""
+    return _wake_verb(operation, "signal", actor, payload=payload, signal=name)
+
+
+def operation_reject(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
+    """End a waiting operation: cancelled, with the kind's compensation."""
+    return _apply_verb(operation, "reject", actor)
+
+
+def _wake_verb(operation, name, actor, *, payload, signal=None):
+    actor = Actor.coerce(actor)
+    operation_id = getattr(operation, "pk", operation)
+    for _ in range(10):
+        row = Operation.objects.filter(pk=operation_id).values_list("status", "waiting_for").first()
+        if row is None:
+            raise OperationNotFound(f"operation {operation_id} does not exist")
+        status, waiting_for = row
+        if status != Status.WAITING:
+            raise TransitionRefused(refusal_message(operation_id, status, name), operation_id=operation_id, status=status)
+        if signal is not None and signal != waiting_for:
+            raise TransitionRefused(f"operation {operation_id} waits for {waiting_for!r}, not {signal!r}",
+                                    operation_id=operation_id, status=status)
+        if _wake(operation_id, name, actor, payload=payload, waiting_for=waiting_for) is not None:
+            return Operation.objects.get(pk=operation_id)
+    raise TransitionRefused(f"operation {operation_id} kept changing state; try again", operation_id=operation_id)
+
+
+def _wake(operation_id, name, actor, *, payload, waiting_for, note=""):
+    """waiting → running past the wait step, with a new run token and the payload carried on
+    (None: the value carried into the wait); the next step is dispatched on commit."""
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParams({"payload": [f"must be JSON: {exc}"]}) from None
+    plan, kind_name, index, carry = (Operation.objects.filter(pk=operation_id)
+                                     .values_list("workflow", "kind", "step_index", "carry").get())
+    carry = carry if payload is None else payload
+    following = index + 1
+    kind = _kind_or_none(kind_name)
+    counts_steps = kind is None or kind.progress == "steps"
+    assignments = {"run_token": bus.Raw(f"{bus.column('run_token')} + 1"), "fence": bus.Raw(f"{bus.column('fence')} + 1"),
+                   "step_index": following, "carry": carry, "checkpoint": None, "waiting_for": "",
+                   "heartbeat_at": timezone.now()}
+    if counts_steps:
+        assignments["progress_done"] = following
+    with transaction.atomic():
+        row = _transition(operation_id, name, actor, record_event=False, assignments=assignments,
+                          conditions=[(f"{bus.column('waiting_for')} = %s", [waiting_for])],
+                          returning=("previous_status", "run_token"))
+        if row is None:
+            return None
+        StepBoundary.objects.update_or_create(operation_id=operation_id, step_index=following,
+                                              defaults={"carry": carry})
+        said = note or f"{VERB_PAST.get(name, name)}: the wait for {waiting_for!r} ended"
+        given = "" if payload is None else f"; carried on: {json.dumps(payload)[:200]}"
+        _event(operation_id, actor, Status.WAITING, Status.RUNNING, said + given)
+        dispatch_on_commit(operation_id, row[1], following, plan["steps"])
+        return row
+
+
+def _kind_or_none(kind_name):
+    try:
+        return get_kind(kind_name)
+    except UnknownKind:
+        return None
+
+
 #: The user verbs by name: the one table every face dispatches through (pages, API, admin, CLI).
 USER_VERBS: dict[str, Callable[..., Operation]] = {
     "pause": operation_pause, "resume": operation_resume, "cancel": operation_cancel, "retry": operation_retry,
-    "terminate": operation_terminate,
+    "terminate": operation_terminate, "approve": operation_approve, "reject": operation_reject,
 }
 
 
@@ -601,6 +805,8 @@ _VERB_HANDLERS = {
     "request_cancel": _simple("request_cancel", "the worker cancels at the next pause point"),
     "cancel_now": lambda operation_id, actor: _cancel(operation_id, "cancel_now", actor),
     "terminate": lambda operation_id, actor: _terminate(operation_id, actor),
+    "reject": lambda operation_id, actor: _cancel(operation_id, "reject", actor, note="rejected; "),
+    "pause_wait": _simple("pause_wait", "paused while waiting; a resume waits again"),
 }
 
 
@@ -745,6 +951,48 @@ def _stop_at_pause_point(operation_id, run_token, status, *, index, length, resu
     else:
         return False
     return None if row is None else True
+
+
+def operation_wait(operation_id, run_token, fence, index, *, name, timeout):
+    """The worker at a wait step: running → waiting, holding no worker; beat ends the wait after
+    ``timeout`` seconds, if given, as the step says. Returns the status now: waiting; the pause or
+    cancel that was asked first (the caller obeys it); None if this run no longer owns it."""
+    until = timezone.now() + timedelta(seconds=timeout) if timeout else None
+    limit = f", at most {timeout:g} s" if timeout else ""
+    with transaction.atomic():
+        row = _transition(operation_id, "wait", WORKER, token=run_token, note=f"waiting for {name!r}{limit}",
+                          assignments={"waiting_for": name, "resume_at": until, "step_index": index},
+                          conditions=[(f"{bus.column('fence')} = %s", [fence])])
+    if row is not None:
+        return Status.WAITING
+    return (Operation.objects.filter(pk=operation_id, run_token=run_token, status__in=ACTIVE)
+            .values_list("status", flat=True).first())
+
+
+def operations_expire_waits(*, now=None):
+    """Beat: end the waits whose timeout passed, as each wait step says (``on_timeout``): fail
+    (a retry waits again), continue with the value carried into the wait, or cancel. Conditional
+    on the wait still being due, so a person's approve in between wins. Returns the ids."""
+    now = now or timezone.now()
+    ended = []
+    for operation_id, plan, index, waiting_for in (
+            Operation.objects.filter(status=Status.WAITING, resume_at__lte=now)
+            .values_list("id", "workflow", "step_index", "waiting_for")):
+        entry = plan["steps"][index] if index < len(plan["steps"]) else {}
+        outcome = entry.get("kwargs", {}).get("on_timeout", "fail")
+        what = f"the wait for {waiting_for!r} timed out"
+        if outcome == "continue":
+            row = _wake(operation_id, "wait_timeout", BEAT, payload=None, waiting_for=waiting_for,
+                        note=f"{what}: it goes on with the value carried into the wait")
+        elif outcome == "cancel":
+            row = _cancel(operation_id, "cancel_now", BEAT, note=f"{what}; ")
+        else:
+            with transaction.atomic():
+                row = _transition(operation_id, "wait_expired", BEAT, note=what, assignments={
+                    "error": f"step {index + 1} of {len(plan['steps'])}: {what}", "waiting_for": ""})
+        if row is not None:
+            ended.append(operation_id)
+    return ended
 
 
 def operation_fail(operation_id, run_token, error):

@@ -18,6 +18,7 @@ class Status(models.TextChoices):
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
     INTERRUPTED = "interrupted", "Interrupted"
+    WAITING = "waiting", "Waiting"
 
 
 #: A worker is (or should be) executing steps of operations in these statuses.
@@ -47,7 +48,7 @@ TRANSITIONS = {
         Transition("request_cancel", frozenset({Status.RUNNING, Status.PAUSE_REQUESTED}),
                    Status.CANCEL_REQUESTED, "cancel"),
         Transition("obey_cancel", frozenset({Status.CANCEL_REQUESTED}), Status.CANCELLED),
-        Transition("cancel_now", frozenset({Status.PAUSED, Status.FAILED, Status.INTERRUPTED}),
+        Transition("cancel_now", frozenset({Status.PAUSED, Status.FAILED, Status.INTERRUPTED, Status.WAITING}),
                    Status.CANCELLED, "cancel"),
         # a person: the step's worker process is stopped, its writes roll back, compensation runs
         Transition("terminate", ACTIVE, Status.CANCELLED, "terminate"),
@@ -57,12 +58,23 @@ TRANSITIONS = {
         Transition("interrupt", ACTIVE, Status.INTERRUPTED),
         # beat: the head step lost as many workers as the kind's poison limit allows
         Transition("poison", frozenset({Status.INTERRUPTED}), Status.FAILED),
+        # a wait step (operations.wait_for_signal): no worker is held while it waits
+        Transition("wait", frozenset({Status.RUNNING}), Status.WAITING),
+        Transition("approve", frozenset({Status.WAITING}), Status.RUNNING, "approve"),
+        Transition("signal", frozenset({Status.WAITING}), Status.RUNNING, "signal"),
+        Transition("reject", frozenset({Status.WAITING}), Status.CANCELLED, "reject"),
+        Transition("pause_wait", frozenset({Status.WAITING}), Status.PAUSED, "pause"),
+        # beat, when a wait's timeout passes: go on, or fail, as the wait step says (or cancel_now)
+        Transition("wait_timeout", frozenset({Status.WAITING}), Status.RUNNING),
+        Transition("wait_expired", frozenset({Status.WAITING}), Status.FAILED),
     )
 }
 
-VERBS = ("pause", "resume", "cancel", "retry", "terminate")
+#: The verbs with a button (or an admin action) of their own, in the order the buttons show.
+VERBS = ("approve", "reject", "pause", "resume", "cancel", "retry", "terminate")
 VERB_PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried",
-             "terminate": "terminated", "fork": "forked"}
+             "terminate": "terminated", "fork": "forked", "edit": "edited", "approve": "approved",
+             "reject": "rejected", "signal": "signalled"}
 #: Verbs that start a new, linked operation instead of moving this one: legal in any status, from
 #: the steps ``selectors.fork_steps`` lists.
 NEW_OPERATION_VERBS = ("fork",)

@@ -25,6 +25,7 @@ OUTCOME = {
     Status.RUNNING: "running.",
     Status.CANCEL_REQUESTED: "cancel requested — it stops at its next pause point, then its writes are undone.",
     Status.CANCELLED: "cancelled, and its writes undone.",
+    Status.PAUSED: "paused.",
 }
 
 
@@ -165,6 +166,28 @@ class OperationTerminateConfirmView(OperationDetailView):
     """What a terminate stops and undoes, before the user confirms it."""
 
     template_name = "operations/terminate_confirm.html"
+
+
+class OperationEditView(VisibleOperationMixin, View):
+    """POST /operations/<id>/edit/ with the kind's editable parameters: back to the page, saying
+    what changed or why not."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        operation = self.get_operation()
+        if not selectors.can_control(request.user, operation, "edit"):
+            raise PermissionDenied(f"You may not edit operation {operation.pk}.")
+        form = selectors.edit_form(operation, request.user)
+        edits = {name: request.POST.get(name, "") for name in (form.fields if form else ())}
+        try:
+            edited = services.operation_edit(operation=operation, params=edits,
+                                             actor=services.Actor.coerce(request.user, via="web"))
+        except services.OperationError as exc:
+            messages.warning(request, str(exc))
+        else:
+            messages.success(request, f"Operation {operation.pk}: {edited.events.order_by('at', 'id').last().note}.")
+        return redirect("operations:detail", pk=operation.pk)
 
 
 class OperationForkView(VisibleOperationMixin, View):

@@ -96,11 +96,11 @@ def test_pause_of_a_completed_operation_is_refused_and_the_cli_exits_non_zero(wo
     wait_status(operation.pk, Status.COMPLETED)
     with pytest.raises(services.TransitionRefused) as refused:
         services.operation_pause(operation=operation, actor="cli")
-    assert str(refused.value) == f"operation {operation.pk} is completed; only running operations can be paused"
+    assert str(refused.value) == f"operation {operation.pk} is completed; only running or waiting operations can be paused"
     cli = subprocess.run([sys.executable, "manage.py", "operations", "pause", str(operation.pk)],
                          cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=60)
     assert cli.returncode != 0
-    assert f"operation {operation.pk} is completed; only running operations can be paused" in cli.stderr
+    assert f"operation {operation.pk} is completed; only running or waiting operations can be paused" in cli.stderr
 
 
 def test_a_failing_step_is_retried_then_completes(worker, tmp_path):

@@ -21,17 +21,19 @@ from tests.support.kinds import write_rows
 
 def test_refusal_message_says_why():
     assert refusal_message(12, "completed", "pause") == (
-        "operation 12 is completed; only running operations can be paused"
+        "operation 12 is completed; only running or waiting operations can be paused"
     )
     assert refusal_message(3, "running", "retry") == "operation 3 is running; only failed operations can be retried"
 
 
 def test_legal_verbs_follow_the_state_table():
-    assert legal_verbs(Status.RUNNING) == ["pause", "cancel"]
-    assert legal_verbs(Status.PAUSE_REQUESTED) == ["resume", "cancel"]
+    assert legal_verbs(Status.RUNNING) == ["pause", "cancel", "terminate"]
+    assert legal_verbs(Status.PAUSE_REQUESTED) == ["resume", "cancel", "terminate"]
+    assert legal_verbs(Status.CANCEL_REQUESTED) == ["terminate"]
     assert legal_verbs(Status.PAUSED) == ["resume", "cancel"]
     assert legal_verbs(Status.FAILED) == ["cancel", "retry"]
     assert legal_verbs(Status.INTERRUPTED) == ["resume", "cancel"]
+    assert legal_verbs(Status.WAITING) == ["approve", "reject", "pause", "cancel"]
     assert legal_verbs(Status.COMPLETED) == [] and legal_verbs(Status.CANCELLED) == []
 
 
@@ -152,7 +154,7 @@ def test_refused_transitions_raise_with_the_reason():
     operation = _running()
     Operation.objects.filter(pk=operation.pk).update(status=Status.COMPLETED)
     with pytest.raises(services.TransitionRefused, match=f"operation {operation.pk} is completed; only running "
-                                                         "operations can be paused"):
+                                                         "or waiting operations can be paused"):
         services.operation_pause(operation=operation, actor="cli")
     with pytest.raises(services.TransitionRefused, match="only failed operations can be retried"):
         services.operation_retry(operation=operation, actor="cli")
@@ -188,7 +190,7 @@ def test_cancel_of_a_paused_operation_compensates_at_once_and_only_once():
         "compensation: removed 3 record(s)"
     ]
     with pytest.raises(services.TransitionRefused, match="is cancelled; only running, pause requested, paused, "
-                                                         "failed or interrupted operations can be cancelled"):
+                                                         "failed, interrupted or waiting operations can be cancelled"):
         services.operation_cancel(operation=operation, actor="cli")
 
 

@@ -149,7 +149,7 @@ def test_get_on_a_control_url_is_405(people):
 
 def test_illegal_transition_is_409_in_the_api_and_a_message_on_the_page(people):
     operation = operation_in(Status.COMPLETED, people["owner"])
-    reason = f"operation {operation.pk} is completed; only running operations can be paused"
+    reason = f"operation {operation.pk} is completed; only running or waiting operations can be paused"
     response = api_client(people["owner"]).post(f"/api/operations/{operation.pk}/pause/")
     assert response.status_code == 409 and response.json()["detail"] == reason
     response = page_client(people["owner"]).post(reverse("operations:pause", args=[operation.pk]), follow=True)
@@ -259,7 +259,7 @@ def test_admin_action_reports_refusals(people):
         {"action": "pause", "_selected_action": [running.pk, done.pk]}, follow=True)
     content = response.content.decode()
     assert "Pause: 1 operation(s) changed." in content
-    assert f"Pause: 1 refused — operation {done.pk} is completed; only running operations can be paused" in content
+    assert f"Pause: 1 refused — operation {done.pk} is completed; only running or waiting operations can be paused" in content
 
 
 def test_admin_change_page_is_read_only_with_workflow_and_history(people):

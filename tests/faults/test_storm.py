@@ -1,5 +1,6 @@
-"""A control storm: threads and processes send random pause / resume / cancel / retry to the same
-few operations while the real worker runs them (issue 6).
+"""A control storm: threads and processes send random pause / resume / cancel / retry / terminate /
+edit / fork / approve / signal / reject to the same few operations while the real worker runs them
+(issues 6 and 14).
 
 Afterwards every operation is settled the way an operator would (resume the paused, retry the
 failed, cancel some) until it is completed or cancelled, and ``check_operation`` must find only
@@ -64,7 +65,7 @@ FLAKY_RESULT = 21
 
 
 def start_operations(rng, tmp_path):
-    """Four ``records``, two ``arithmetic`` and one ``flaky`` operation, shaped by the seed.
+    """Four ``records``, two ``arithmetic``, two ``gated`` and one ``flaky`` operation, shaped by the seed.
 
     Returns {operation id: what ``check_operation`` expects of it once completed}.
     """
@@ -79,6 +80,9 @@ def start_operations(rng, tmp_path):
         operation = services.operation_start(kind="arithmetic", params={
             "x": x, "steps": steps, "delay": round(rng.uniform(0.03, 0.08), 3)}, actor="cli")
         expected[operation.pk] = {"result": expected_result(x, steps)}
+    for _ in range(2):  # 1 + 1, a wait for approval (the storm's approve, signal or reject), + 1
+        operation = services.operation_start(kind="gated", params={}, actor="cli")
+        expected[operation.pk] = {"result": 3}
     operation = services.operation_start(kind="flaky", params={
         "counter": str(tmp_path / "flaky-count"), "fail_times": rng.randint(2, 6), "max_retries": 0},
         actor="cli")
@@ -106,12 +110,12 @@ def storm(seed, operations, cancellable, commands, env):
 
 
 def operator(rng, done):
-    """What the settling operator does with an operation no worker holds: resume it (or, now and
-    then, cancel it instead), retry it if it failed (a dozen times, then cancel)."""
+    """What the settling operator does with an operation no worker holds: approve it if it waits,
+    resume it (or, now and then, cancel it instead), retry it if it failed (a dozen times, then cancel)."""
     retries = Counter()
 
     def act(operation_id, status):
-        verb = "resume"
+        verb = "approve" if status == Status.WAITING else "resume"
         if status == Status.FAILED:
             retries[operation_id] += 1
             verb = "retry" if retries[operation_id] <= 12 else "cancel"
@@ -141,6 +145,10 @@ def test_a_control_storm_loses_nothing_and_doubles_nothing(worker, subprocess_en
     assert sum(outcome["sent"] for outcome in outcomes) == sum(tally.values()) == commands, (seed, tally)
     assert tally["pause accepted"] and tally["resume accepted"], (seed, tally)
 
+    # A fork is checked against what its original is expected to give (see storm._fork).
+    forks = {int(fork): original for outcome in outcomes for fork, original in outcome["forks"].items()}
+    expected.update({fork: expected[original] for fork, original in forks.items()})
+    operations = sorted(expected)
     settled = Counter()
     deaths = settle_all(operations, operator(rng, settled), workers=[worker], what=f"seed {seed}")
     final = Counter(Operation.objects.filter(pk__in=operations).values_list("status", flat=True))

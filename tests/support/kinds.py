@@ -16,6 +16,7 @@ from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, Recovery, get_ki
 from operations.contrib.demo.kinds import csv_import as _demo_csv_import  # noqa: F401 (registers csv_import)
 from operations.contrib.demo.kinds.arithmetic import add
 from operations.contrib.demo.models import Record
+from operations.waiting import wait_for_signal
 from operations.workflow import step
 
 
@@ -109,6 +110,20 @@ register_kind(Kind(
     build=lambda p: chain(write_record.s(None, 0), write_record_and_hold.s(1, p["hold"])),
     compensate=remove_rows,
     cancel_effect="Removes every record this operation wrote.",
+))
+
+# gated: 1 + 1, then a wait (for approval, or a named signal), then + 1 (of what was carried on).
+class ApprovalForm(KindForm):
+    name = forms.CharField(required=False, initial="approval")
+    timeout = forms.FloatField(required=False, min_value=0.1)
+    on_timeout = forms.ChoiceField(required=False, choices=[(o, o) for o in ("fail", "continue", "cancel")],
+                                   initial="fail")
+
+
+register_kind(Kind(
+    name="gated", label="Gated by a wait (tests)", form=ApprovalForm,
+    build=lambda p: chain(add.s(1, 1), wait_for_signal(p["name"], timeout=p["timeout"], on_timeout=p["on_timeout"]),
+                          add.s(1)),
 ))
 
 # The same kinds without a recovery policy: the settings' default (off) applies, a person resumes.

@@ -1,3 +1,3 @@
 """Imported by the operations catalogue in every process: registers the demo kinds."""
 
-from .kinds import arithmetic, batch_sum, bulk_insert, csv_import, csv_summary  # noqa: F401
+from .kinds import arithmetic, batch_sum, bulk_insert, csv_import, csv_summary, reviewed_import  # noqa: F401

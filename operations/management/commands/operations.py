@@ -54,6 +54,8 @@ class Command(BaseCommand):
         for verb in services.USER_VERBS:
             sub = verbs.add_parser(verb, help=f"{verb} an operation")
             sub.add_argument("id", type=int)
+            if verb == "approve":
+                sub.add_argument("--payload", metavar="JSON", help="carried into the next step (JSON)")
             if verb in self.SETTLED:
                 sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
                 sub.add_argument("--timeout", type=float, default=120.0)
@@ -64,6 +66,20 @@ class Command(BaseCommand):
         fork.add_argument("--from-step", type=int, required=True, metavar="N",
                           help="the step (1-based) to start at; `show` lists those it may start from")
         fork.add_argument("--json", action="store_true")
+
+        signal = verbs.add_parser("signal", help="send a signal to an operation waiting for it")
+        signal.add_argument("id", type=int)
+        signal.add_argument("name")
+        signal.add_argument("--payload", metavar="JSON", help="carried into the next step (JSON)")
+
+        edit = verbs.add_parser("edit", help="change a paused operation's remaining plan; a resume runs it")
+        edit.add_argument("id", type=int)
+        edit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                          help="a new value of one of the kind's editable parameters")
+        edit.add_argument("--skip-step", action="append", default=[], type=int, metavar="N",
+                          help="leave out remaining step N")
+        edit.add_argument("--step", action="append", default=[], metavar="JSON",
+                          help='one step\'s edit, e.g. \'{"step": 5, "kwargs": {"y": 3}}\'')
 
         count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
         count.add_argument("id", type=int)
@@ -103,12 +119,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"    {option}{required}{default}  {param['help']}")
 
     def do_start(self, kind, param, file, owner, json, **options):
-        params = {}
-        for item in param:
-            name, sep, value = item.partition("=")
-            if not sep or not name:
-                raise CommandError(f"--param {item!r}: expected NAME=VALUE")
-            params[name] = value
+        params = dict(_name_value(item) for item in param)
         files = None
         if file:
             path = Path(file)
@@ -188,12 +199,31 @@ class Command(BaseCommand):
     #: What ``--wait`` waits for after each verb that has it.
     SETTLED = {"pause": lambda s: s != Status.PAUSE_REQUESTED, "cancel": lambda s: s not in ACTIVE}
 
-    def do_user_verb(self, verb, id, wait=False, timeout=120.0, **options):
-        """pause, resume, cancel, retry: through the services' one verb table."""
-        operation = services.operation_apply(verb, operation=id, actor=services.CLI)
+    def do_user_verb(self, verb, id, wait=False, timeout=120.0, payload=None, **options):
+        """pause, resume, cancel, retry, …: through the services' one verb table."""
+        if payload is not None:  # approve with what the next step gets
+            operation = services.operation_approve(operation=id, actor=services.CLI, payload=_json_arg(payload))
+        else:
+            operation = services.operation_apply(verb, operation=id, actor=services.CLI)
         self._report(operation, verb)
         if wait:
             self._wait(id, until=self.SETTLED[verb], timeout=timeout, reported=operation.status)
+
+    def do_signal(self, id, name, payload, **options):
+        operation = services.operation_signal(operation=id, name=name, actor=services.CLI,
+                                              payload=None if payload is None else _json_arg(payload))
+        self._report(operation, "signal")
+
+    def do_edit(self, id, param, skip_step, step, **options):
+        params = dict(_name_value(item) for item in param)
+        steps = [{"step": number, "skip": True} for number in skip_step]
+        for text in step:
+            try:
+                steps.append(json.loads(text))
+            except ValueError as exc:
+                raise CommandError(f"--step {text!r}: not JSON ({exc})") from None
+        edited = services.operation_edit(operation=id, actor=services.CLI, params=params or None, steps=steps or None)
+        self.stdout.write(f"operation {edited.pk}: {edited.events.order_by('at', 'id').last().note}")
 
     def do_fork(self, id, from_step, json, **options):
         fork = services.operation_fork(operation=id, from_step=from_step, actor=services.CLI)
@@ -254,6 +284,20 @@ class Command(BaseCommand):
 #: How ``show --watch`` ends: 0 only when the operation completed.
 WATCH_EXIT_CODES = {Status.COMPLETED: 0, Status.FAILED: 1, Status.CANCELLED: 3, Status.PAUSED: 4,
                     Status.INTERRUPTED: 4}
+
+
+def _json_arg(text):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"--payload {text!r}: not JSON ({exc})") from None
+
+
+def _name_value(item):
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise CommandError(f"--param {item!r}: expected NAME=VALUE")
+    return name, value
 
 
 def _kind_description(kind):

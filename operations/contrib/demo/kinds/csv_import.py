@@ -169,5 +169,6 @@ register_kind(Kind(
     progress="custom",
     progress_unit="rows",
     recovery=AUTO_RECOVERY,  # the demo kinds come back by themselves after a crash
+    editable=("chunk_rows", "rows_per_second"),  # while paused: the rest of the file goes at the new pace
 ))
 

@@ -27,15 +27,18 @@ def server_files():
 
 def path_schema(form):
     """The API's schema of ``path``: one of the files in the CSV folder now whose first line is
-    the form's header (read per request, a line per file)."""
-    names = [name for name in server_files() if _first_line(csv_dir() / name) == form.header]
+    the form's header and that has a data row after it, as a start requires (read per request,
+    two lines per file)."""
+    names = [name for name in server_files() if _header_and_data(csv_dir() / name) == form.header]
     return {"type": "string", "enum": names} if names else {"type": "string", "maxLength": 255}
 
 
-def _first_line(path):
+def _header_and_data(path):
+    """The file's header fields, or None if it cannot be read or has no line after the header."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as f:
-            return tuple(field.strip().lower() for field in f.readline(4096).split(","))
+            header = tuple(field.strip().lower() for field in f.readline(4096).split(","))
+            return header if f.readline(4096).strip() else None
     except OSError:
         return None
 
