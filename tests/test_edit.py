@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -27,8 +28,10 @@ from tests.support.worker import ROOT
 
 
 def paused_arithmetic(steps=6, owner=None):
-    """An arithmetic operation paused after its first step, without a worker."""
-    operation = services.operation_start(kind="arithmetic", params={"steps": steps}, owner=owner, actor="cli")
+    """An arithmetic operation paused after its first step, without a worker (its first step is
+    never sent: a session worker started by an earlier test cannot move it)."""
+    with mock.patch.object(services, "dispatch_on_commit"):
+        operation = services.operation_start(kind="arithmetic", params={"steps": steps}, owner=owner, actor="cli")
     services.step_advance(operation.pk, 1, 0, 0, 10, count_step=True)
     services.operation_pause(operation=operation, actor="cli")
     services.operation_at_pause_point(operation.pk, 1, Status.PAUSE_REQUESTED, index=1, length=steps)
@@ -131,8 +134,9 @@ def test_the_faces_edit_a_paused_import(settings, tmp_path):
     owner = User.objects.create_user("owner", password="pw-owner-1234")
     other = User.objects.create_user("other", password="pw-other-1234")
     write_demo_csv(Path(settings.TAP_CSV_DIR) / "faces.csv", rows=10)
-    operation = services.operation_start(kind="csv_import", params={"path": "faces.csv", "chunk_rows": 5},
-                                         owner=owner, actor="cli")
+    with mock.patch.object(services, "dispatch_on_commit"):
+        operation = services.operation_start(kind="csv_import", params={"path": "faces.csv", "chunk_rows": 5},
+                                             owner=owner, actor="cli")
     services.operation_pause(operation=operation, actor="cli")
     services.operation_at_pause_point(operation.pk, 1, Status.PAUSE_REQUESTED, index=0, length=1)
 

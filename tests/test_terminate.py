@@ -2,6 +2,7 @@
 pause point; its uncommitted writes roll back, compensation removes the rest."""
 
 import time
+from unittest import mock
 
 import psutil
 import pytest
@@ -53,7 +54,8 @@ def test_terminate_stops_a_step_stuck_in_a_sleep_and_the_worker_serves_the_next_
 def test_terminate_is_legal_only_while_active_and_refused_with_a_message_otherwise():
     assert "terminate" in legal_verbs(Status.RUNNING) and "terminate" in legal_verbs(Status.CANCEL_REQUESTED)
     assert "terminate" not in legal_verbs(Status.PAUSED) and "terminate" not in legal_verbs(Status.COMPLETED)
-    operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
+    with mock.patch.object(services, "dispatch_on_commit"):  # no session worker moves it
+        operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
     services.operation_at_pause_point(operation.pk, 1, Status.RUNNING, index=3, length=3, result=1)
     with pytest.raises(services.TransitionRefused) as refused:
         services.operation_terminate(operation=operation, actor="cli")

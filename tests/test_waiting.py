@@ -3,6 +3,7 @@ holding no worker; approve / signal wake it with a payload, reject ends it, a ti
 
 import time
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
@@ -102,7 +103,8 @@ def test_signal_reject_timeout_and_pause_while_waiting(worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_approve_and_signal_are_refused_unless_waiting():
-    operation = start()
+    with mock.patch.object(services, "dispatch_on_commit"):  # no worker moves it to its wait
+        operation = start()
     for call in (lambda: services.operation_approve(operation=operation, actor="cli"),
                  lambda: services.operation_signal(operation=operation, name="approval", actor="cli"),
                  lambda: services.operation_reject(operation=operation, actor="cli")):
