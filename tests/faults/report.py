@@ -194,9 +194,10 @@ first 10 % of the rows it imported minus its peak before: what grows with the fi
 
 ## Concurrent control storm
 
-Threads and processes send random pause / resume / cancel / retry to the same operations while
-the worker runs them; afterwards every operation must end in one final state, with only legal
-transitions and exactly its rows.
+Threads and processes send random pause / resume / cancel / retry / terminate / edit / fork /
+approve / signal / reject to the same operations while the worker runs them; afterwards every
+operation — and every fork the storm made, against what its original promises — must end in one
+final state, with only legal transitions and exactly its rows.
 
 {other_table(runs, "storm")}
 
