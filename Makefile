@@ -10,7 +10,7 @@ REQS := requirements/base.txt requirements/dev.txt pyproject.toml
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test setup install install-bench test-sqlite test-pg-redis test-pg-rabbitmq lint faults faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq faults-restarts bench bench-smoke bench-smoke-chains bench-smoke-rest clean
+.PHONY: run test setup install install-bench test-sqlite test-pg-redis test-pg-rabbitmq test-long lint faults faults-sqlite faults-pg-redis faults-partitions faults-pg-rabbitmq faults-restarts bench bench-retention bench-smoke bench-smoke-chains bench-smoke-rest clean
 
 $(STAMP): $(REQS)
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -50,6 +50,10 @@ test-pg-redis: install
 
 test-pg-rabbitmq: install
 	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+# Tests that take minutes of wall clock (a schedule firing every minute): CI runs them after `make test`.
+test-long: install
+	TAP_LONG_TESTS=1 TAP_TEST_BACKEND=pg-redis $(BIN)/python -m pytest -m "integration and minutes" $(PYTEST_ARGS)
 
 # The long randomized fault suite (10 seeds per fault, a long control storm, a 10M-row import) on
 # every backend; it rewrites docs/reliability.md. `make test` runs one round of the same suite.
@@ -98,6 +102,11 @@ bench: install-bench
 	$(BIN)/python bench/import_csv.py
 	$(BIN)/python bench/delete.py
 	$(BIN)/python bench/admin.py
+	$(BIN)/python bench/retention.py
+
+# Retention over 100k finished operations with 1M stored rows, beside a running operation.
+bench-retention: install
+	$(BIN)/python bench/retention.py
 
 # The same benchmarks, tiny, so CI notices when one no longer runs (their figures mean nothing,
 # so the two halves run side by side, each benchmark on its own database and Redis db, to stay

@@ -2,6 +2,7 @@
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import Q
@@ -11,9 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from . import selectors, services
+from . import schedules, selectors, services
 from .catalogue import all_kinds
-from .models import Operation, OperationEvent, OperationQuota, StepMember
+from .models import Operation, OperationEvent, OperationQuota, Schedule, StepMember
 from .states import label
 
 MAX_STEPS_SHOWN = 50
@@ -108,8 +109,9 @@ class OperationAdmin(admin.ModelAdmin):
     actions = ["approve", "reject", "pause", "resume", "cancel", "terminate", "retry", "fork"]
     inlines = [OperationEventInline, StepMemberInline]
     fields = ("kind", "owner", "status_badge", "progress_bar", "parameters", "result", "error", "run_token",
-              "remaining_workflow", "lineage", "heartbeat", "sign_of_life", "resumes_at", "deaths", "auto_resumes",
-              "created", "started", "finished", "duration", "updated")
+              "remaining_workflow", "lineage", "heartbeat", "sign_of_life", "resumes_at", "deadline", "deaths",
+              "auto_resumes", "idempotency_key", "schedule", "created", "started", "finished", "duration", "updated",
+              "kept_until")
     readonly_fields = fields
 
     class Media:
@@ -194,6 +196,15 @@ class OperationAdmin(admin.ModelAdmin):
 
     heartbeat = _to_the_second_of("heartbeat_at", "heartbeat at")
     resumes_at = _to_the_second_of("resume_at", "resumes by itself at")
+    deadline = _to_the_second_of("deadline_at", "deadline")
+
+    @admin.display(description="kept until")
+    def kept_until(self, obj):
+        """When retention deletes it (TAP_RETENTION, or its kind's): finished ones only."""
+        until = selectors.operation_kept_until(obj)
+        if until is None:
+            return "—" if obj.finished_at is None or obj.status not in ("completed", "cancelled", "failed") else "forever"
+        return _to_the_second(until)
     created = _to_the_second_of("created_at", "created")
     started = _to_the_second_of("started_at", "started")
     finished = _to_the_second_of("finished_at", "finished")
@@ -348,3 +359,113 @@ class OperationQuotaAdmin(admin.ModelAdmin):
     list_display = ("user", "max_unfinished", "max_work_seconds")
     search_fields = ("=user__username",)
     raw_id_fields = ("user",)
+
+
+class ScheduleForm(forms.ModelForm):
+    """A new schedule: what it starts and when; saved through ``schedules.schedule_create``."""
+
+    kind = forms.ChoiceField(choices=())
+    params = forms.JSONField(required=False, initial=dict, help_text="The kind's parameters, as JSON.")
+    crontab = forms.CharField(required=False, help_text='Minute hour day-of-month month day-of-week, e.g. "*/5 * * * *".')
+    every = forms.FloatField(required=False, min_value=1, help_text="Or: every this many seconds.")
+
+    class Meta:
+        model = Schedule
+        fields = ("name", "kind", "params", "owner", "crontab", "every")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = [(kind.name, f"{kind.name} — {kind.label}") for kind in all_kinds()]
+
+    def _post_clean(self):
+        """The service checks the rest (the parameters against the kind, the timing) and creates it."""
+        if self.errors:
+            return
+        data = self.cleaned_data
+        try:
+            self.instance = schedules.schedule_create(
+                name=data["name"], kind=data["kind"], params=data.get("params") or {}, owner=data.get("owner"),
+                actor=services.Actor.coerce(self.actor, via="admin"),
+                crontab=data.get("crontab") or None, every=data.get("every"))
+        except services.InvalidParams as exc:
+            for field, messages_ in exc.errors.items():
+                self.add_error(None if field not in self.fields else field, messages_)
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    """Schedules start operations at each firing; Pause / Resume stop and restart the firings."""
+
+    list_display = ("name", "kind", "timing", "state", "fired", "refused", "last_fired_at", "last_outcome")
+    list_select_related = ("periodic_task__interval", "periodic_task__crontab")
+    search_fields = ("name", "=kind")
+    actions = ["pause", "resume"]
+    readonly_fields = ("name", "kind", "params", "owner", "timing", "state", "fired", "refused", "last_fired_at",
+                       "last_outcome", "started", "history")
+    raw_id_fields = ("owner",)
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            return type("ScheduleFormOfRequest", (ScheduleForm,), {"actor": request.user})
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else ()
+
+    def get_fields(self, request, obj=None):
+        return self.readonly_fields if obj else ScheduleForm.Meta.fields
+
+    def save_model(self, request, obj, form, change):
+        pass  # schedules.schedule_create saved it in the form's validation
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def delete_model(self, request, obj):
+        schedules.schedule_delete(schedule=obj, actor=services.Actor.coerce(request.user, via="admin"))
+
+    def delete_queryset(self, request, queryset):
+        for schedule in queryset:
+            self.delete_model(request, schedule)
+
+    @admin.display(description="timing")
+    def timing(self, obj):
+        return schedules.describe_timing(obj)
+
+    @admin.display(description="state", boolean=False)
+    def state(self, obj):
+        return "Paused" if obj.paused else "On"
+
+    @admin.display(description="operations it started (newest 50)")
+    def started(self, obj):
+        rows = obj.operations.order_by("-created_at")[:50]
+        return format_html_join(", ", '<a href="{}">#{}</a> ({})', (
+            (reverse("admin:operations_operation_change", args=[op.pk]), op.pk, label(op.status)) for op in rows)) or "—"
+
+    @admin.display(description="history (newest 50)")
+    def history(self, obj):
+        rows = obj.events.order_by("-at", "-id")[:50]
+        return format_html_join("", "<div>{} {}: {}</div>", (
+            (_to_the_second(e.at), e.actor, e.note) for e in rows)) or "—"
+
+    @admin.action(description="Pause", permissions=["pause_schedule"])
+    def pause(self, request, queryset):
+        self._apply(request, queryset, schedules.schedule_pause, "paused")
+
+    @admin.action(description="Resume", permissions=["pause_schedule"])
+    def resume(self, request, queryset):
+        self._apply(request, queryset, schedules.schedule_resume, "resumed")
+
+    def _apply(self, request, queryset, service, done):
+        actor, changed = services.Actor.coerce(request.user, via="admin"), 0
+        for schedule in queryset:
+            try:
+                service(schedule=schedule, actor=actor)
+                changed += 1
+            except services.OperationError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        if changed:
+            self.message_user(request, f"{changed} schedule(s) {done}.", messages.SUCCESS)
+
+    def has_pause_schedule_permission(self, request):
+        return request.user.has_perm("operations.pause_schedule")

@@ -30,12 +30,17 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 
-from . import __version__, jsonlimits, paramschema, selectors, services
+from . import __version__, jsonlimits, paramschema, schedules, selectors, services
 from .catalogue import all_kinds, get_kind
 from .conf import conf
 from .exceptions import UnknownKind, http_status_for
-from .models import Operation
-from .serializers import ErrorSerializer, OperationListSerializer, OperationSerializer
+from .models import Operation, Schedule
+from .serializers import (
+    ErrorSerializer,
+    IsoDateTimeField,
+    OperationListSerializer,
+    OperationSerializer,
+)
 from .states import Status
 
 #: The throttle scope of every state change (starts and verbs).
@@ -179,6 +184,13 @@ class StartSerializer(serializers.Serializer):
 
     kind = serializers.CharField()
     params = serializers.JSONField(required=False, default=dict)
+    idempotency_key = serializers.CharField(
+        required=False, max_length=services.MAX_IDEMPOTENCY_KEY,
+        help_text="Or the Idempotency-Key header: the same key again (same owner) answers 200 with the "
+                  "operation it started, a different start with it 409.")
+    pause_window = serializers.CharField(required=False, max_length=11, help_text='"HH:MM-HH:MM": never runs then.')
+    deadline = serializers.FloatField(required=False, min_value=0.001, max_value=services.MAX_DEADLINE,
+                                      help_text="Seconds from the start by which it must end; default: the kind's.")
 
     def validate_kind(self, value: str) -> str:
         try:
@@ -197,6 +209,29 @@ class StartSerializer(serializers.Serializer):
         if not isinstance(value, dict):
             raise serializers.ValidationError("params must be a JSON object")
         return value
+
+
+class PauseSerializer(serializers.Serializer):
+    """The body of a pause (optional): when beat resumes it by itself."""
+
+    resume_at = serializers.DateTimeField(required=False, help_text="ISO 8601, within a year.")
+
+
+class ResumeSerializer(serializers.Serializer):
+    """The body of a resume (optional): leave a paused operation paused and resume it then."""
+
+    at = serializers.DateTimeField(required=False, help_text="ISO 8601, within a year; left out: now.")
+
+
+#: The start's own fields besides kind and params, in the typed schema of every kind.
+START_OPTIONS = {
+    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+                        "description": "The same key again (same owner) answers 200 with the operation it started."},
+    "pause_window": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
+                     "description": 'Never runs between these times of day, e.g. "08:00-18:00" (beat pauses and resumes it).'},
+    "deadline": {"type": "number", "minimum": 0.001, "maximum": 366 * 24 * 3600,
+                 "description": "Seconds from the start by which it must end; default: the kind's."},
+}
 
 
 class ForkSerializer(serializers.Serializer):
@@ -304,7 +339,7 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     def get_serializer_class(self):
         return OperationListSerializer if self.action == "list" else OperationSerializer
 
-    @described(request=StartSerializer, responses={201: OperationSerializer, 400: ErrorSerializer,
+    @described(request=StartSerializer, responses={201: OperationSerializer, 200: OperationSerializer, 400: ErrorSerializer,
                                                        409: ErrorSerializer, 413: ErrorSerializer, **REFUSALS})
     def create(self, request):
         start = StartSerializer(data=request.data)
@@ -315,14 +350,32 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
                                                 subject=f" for {start.validated_data['kind']}")
             if errors:
                 return error_response(services.InvalidParams(errors))
+        if not request.FILES:  # JSON: the start's own fields have the types the schema gives them
+            wrong = {name: [f"must be {what}"] for name, what, ok in (
+                ("idempotency_key", "a string", lambda v: isinstance(v, str)),
+                ("pause_window", "a string", lambda v: isinstance(v, str)),
+                ("deadline", "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)))
+                if name in request.data and not ok(request.data[name])}
+            if wrong:
+                return error_response(services.InvalidParams(wrong))
+        header = request.headers.get("Idempotency-Key")
+        key = start.validated_data.get("idempotency_key")
+        if header is not None and key is not None and header != key:
+            return error_response(services.InvalidParams({"idempotency_key": [
+                "the Idempotency-Key header and the body's idempotency_key differ; give one"]}))
         try:
-            operation = services.operation_start(
+            operation, created = services.operation_start_once(
                 kind=start.validated_data["kind"], params=start.validated_data["params"],
                 owner=request.user, actor=actor_of(request), files=request.FILES or None,
+                idempotency_key=key if key is not None else header, deadline=start.validated_data.get("deadline"),
+                pause_window=start.validated_data.get("pause_window"),
             )
+        except services.IdempotencyConflict as exc:
+            return error_response(exc, operation=exc.operation_id)
         except services.OperationError as exc:
             return error_response(exc)
-        return Response(OperationSerializer(operation).data, status=status.HTTP_201_CREATED)
+        return Response(OperationSerializer(operation).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     def _control(self, request, verb):
         operation = self.get_object()
@@ -341,15 +394,23 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     def retrieve(self, request, *args, **kwargs):
         return super().retrieve(request, *args, **kwargs)
 
-    @_control_schema
+    @described(request=PauseSerializer, responses={202: OperationSerializer, 400: ErrorSerializer,
+                                                   409: ErrorSerializer, 404: ErrorSerializer, **REFUSALS})
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
-        return self._control(request, "pause")
+        """Pause at the next pause point; with ``resume_at``, beat resumes it by itself then."""
+        return self._act(request, "pause", PauseSerializer, status.HTTP_202_ACCEPTED,
+                         lambda operation, data: services.operation_pause(
+                             operation=operation, actor=actor_of(request), resume_at=data.get("resume_at")))
 
-    @_control_schema
+    @described(request=ResumeSerializer, responses={202: OperationSerializer, 400: ErrorSerializer,
+                                                    409: ErrorSerializer, 404: ErrorSerializer, **REFUSALS})
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
-        return self._control(request, "resume")
+        """Resume now; with ``at``, a paused operation stays paused and beat resumes it then."""
+        return self._act(request, "resume", ResumeSerializer, status.HTTP_202_ACCEPTED,
+                         lambda operation, data: services.operation_resume(
+                             operation=operation, actor=actor_of(request), at=data.get("at")))
 
     @_control_schema
     @action(detail=True, methods=["post"])
@@ -390,6 +451,8 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
         body.is_valid(raise_exception=True)
         try:
             changed = call(operation, body.validated_data)
+        except services.TransitionRefused as exc:
+            return error_response(exc, status=exc.status or operation.status)
         except services.OperationError as exc:
             return error_response(exc)
         return Response(OperationSerializer(changed).data, status=answer_status)
@@ -448,7 +511,8 @@ def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> di
     json_variants, upload_variants = {}, {}
     for kind in all_kinds():
         params = paramschema.params_schema(kind.form)
-        body = {"type": "object", "properties": {"kind": {"type": "string", "enum": [kind.name]}, "params": params},
+        body = {"type": "object", "properties": {"kind": {"type": "string", "enum": [kind.name]}, "params": params,
+                                                 **START_OPTIONS},
                 "required": ["kind", "params"] if params.get("required") else ["kind"]}
         if kind.label:
             body["description"] = str(kind.label)
@@ -467,7 +531,7 @@ def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> di
                 "properties": {"kind": {"type": "string", "enum": [kind.name]},
                                **{name: {"type": "string", "format": "binary", "description": str(form.fields[name].help_text)}
                                   for name in uploads},
-                               "params": upload_params},
+                               "params": upload_params, **START_OPTIONS},
                 "required": ["kind", *uploads],
             }
 
@@ -514,3 +578,86 @@ class OperationsSchemaView(SpectacularAPIView):
         "PREPROCESSING_HOOKS": ["operations.api.only_this_app"],
         "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "operations.api.typed_starts"],
     }
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    """A schedule: what it starts, when, and what its firings did."""
+
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    timing = serializers.SerializerMethodField()
+    paused = serializers.SerializerMethodField()
+    operations = serializers.SerializerMethodField()
+    created_at = IsoDateTimeField(read_only=True)
+    last_fired_at = IsoDateTimeField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Schedule
+        fields = ["id", "name", "kind", "params", "owner", "timing", "paused", "fired", "refused", "last_fired_at",
+                  "last_outcome", "created_at", "operations"]
+        read_only_fields = fields
+
+    def get_timing(self, schedule) -> str:
+        return schedules.describe_timing(schedule)
+
+    def get_paused(self, schedule) -> bool:
+        return schedule.paused
+
+    def get_operations(self, schedule) -> list[int]:
+        """The operations it started, newest first (at most 50)."""
+        return list(schedule.operations.order_by("-created_at").values_list("pk", flat=True)[:50])
+
+
+class ScheduleViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Schedules you own (staff: all): POST …/pause/ and …/resume/ stop and restart its firings;
+    DELETE removes it. They are created in the admin, with ``operations schedules add`` or
+    ``schedules.schedule_create``: a crontab's validity is not something a schema can say, and
+    the API answers a schema-valid request with success."""
+
+    serializer_class = ScheduleSerializer
+    queryset = Schedule.objects.none()
+    lookup_value_regex = "[^/]+"  # a bad id is the API's JSON 404, not the site's HTML one
+    parser_classes = [BoundedJSONParser]
+
+    def get_queryset(self):
+        return selectors.schedule_list(user=self.request.user)
+
+    @described(responses={200: ScheduleSerializer(many=True), **REFUSALS_READ})
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @described(responses={200: ScheduleSerializer, 404: ErrorSerializer, **REFUSALS_READ})
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    @described(responses={204: None, 404: ErrorSerializer, **REFUSALS})
+    def destroy(self, request, pk=None):
+        schedule = self._mine(request, "delete")
+        schedules.schedule_delete(schedule=schedule, actor=actor_of(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    _verb_schema = described(request=None, responses={202: ScheduleSerializer, 404: ErrorSerializer,
+                                                      409: ErrorSerializer, **REFUSALS})
+
+    @_verb_schema
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._verb(request, schedules.schedule_pause)
+
+    @_verb_schema
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._verb(request, schedules.schedule_resume)
+
+    def _mine(self, request, permission):
+        schedule = self.get_object()
+        if not selectors.can_manage_schedule(request.user, schedule, permission):
+            raise PermissionDenied(f"You may not {permission} schedule {schedule.pk}.")
+        return schedule
+
+    def _verb(self, request, service):
+        schedule = self._mine(request, "pause")
+        try:
+            changed = service(schedule=schedule, actor=actor_of(request))
+        except services.OperationError as exc:
+            return error_response(exc)
+        return Response(ScheduleSerializer(changed).data, status=status.HTTP_202_ACCEPTED)

@@ -7,6 +7,7 @@ from . import api, api_docs
 
 router = SimpleRouter()
 router.register("operations", api.OperationViewSet, basename="api-operation")
+router.register("schedules", api.ScheduleViewSet, basename="api-schedule")
 
 urlpatterns = [
     *router.urls,

@@ -19,7 +19,7 @@ from django import forms
 from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
-from .conf import conf
+from .conf import RETAINED_STATUSES, conf, retention_spec  # noqa: F401  (RETAINED_STATUSES: re-exported)
 from .exceptions import InvalidParams, OperationError, UnknownKind
 
 __all__ = ["AUTO_RECOVERY", "InvalidParams", "Kind", "KindForm", "OperationError", "Recovery", "UnknownKind",
@@ -151,6 +151,23 @@ class Kind:
     #: import's ``rows_per_second`` and ``chunk_rows``: the plan is built again from the edited
     #: parameters, and its remaining steps replace the stored ones.
     editable: tuple[str, ...] = ()
+    #: Seconds from the start by which an operation of this kind must have ended (None: no
+    #: deadline; ``operation_start(deadline=…)`` sets one per operation). Beat ends a late one.
+    deadline: float | None = None
+    #: What a passed deadline or step time limit does: "fail" (the error names it; a retry
+    #: gets the deadline's length again) or "cancel" (with the kind's compensation).
+    on_deadline: str = "fail"
+    #: Seconds one execution of a step may take (None: no limit; a step's own ``time_limit``
+    #: option, ``task.s().set(time_limit=30)``, comes first). Beat stops one that overruns, as a
+    #: terminate does, then ends the operation as ``on_deadline`` says.
+    step_time_limit: float | None = None
+    #: "HH:MM-HH:MM" (TIME_ZONE; may wrap midnight): operations of this kind never run then — beat
+    #: pauses a running one when the window opens and resumes it when it closes. A start's own
+    #: ``pause_window`` comes first.
+    pause_window: str = ""
+    #: Days to keep finished operations of this kind, by status ({"completed": 30, ...}); the
+    #: statuses it leaves out take TAP_RETENTION's. Beat deletes older ones in batches.
+    retention: dict[str, float] | None = None
 
     def start_again_initial(self, params: dict) -> dict:
         initial = self.start_again(dict(params)) if self.start_again else dict(params)
@@ -174,6 +191,17 @@ def register_kind(kind: Kind) -> Kind:
     """Add ``kind`` to the catalogue (from an ``operation_kinds`` module, imported in every process)."""
     if kind.concurrency_scope not in {"user", "global"}:
         raise ValueError(f"kind {kind.name}: concurrency_scope must be 'user' or 'global'")
+    if kind.retention is not None and retention_spec(kind.retention):
+        raise ValueError(f"kind {kind.name}: retention is {retention_spec(kind.retention)}")
+    if kind.pause_window:
+        from .windows import parse_window
+
+        parse_window(kind.pause_window)  # a ValueError names what is wrong
+    if kind.on_deadline not in {"fail", "cancel"}:
+        raise ValueError(f"kind {kind.name}: on_deadline must be 'fail' or 'cancel', not {kind.on_deadline!r}")
+    for name, value in (("deadline", kind.deadline), ("step_time_limit", kind.step_time_limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"kind {kind.name}: {name} is a number of seconds above 0, or None, not {value!r}")
     KINDS[kind.name] = kind
     return kind
 
@@ -188,6 +216,13 @@ def get_kind(name: str) -> Kind:
 
 def all_kinds() -> list[Kind]:
     return [KINDS[name] for name in sorted(KINDS)]
+
+
+def kept_days(kind: Kind | None, status: str) -> float | None:
+    """Days a finished operation of ``kind`` in ``status`` is kept: the kind's, else TAP_RETENTION's
+    (None: forever)."""
+    own = (kind.retention if kind is not None else None) or {}
+    return own[status] if status in own else conf.RETENTION.get(status)
 
 
 def autodiscover() -> None:

@@ -74,6 +74,22 @@ def path_or_none(value: Any) -> str | None:
     return None if value is None or isinstance(value, (str, Path)) and str(value) else "a folder path (or None)"
 
 
+#: The statuses retention may delete (the others are unfinished).
+RETAINED_STATUSES = ("completed", "cancelled", "failed")
+
+
+def retention_spec(value: Any) -> str | None:
+    """{"completed": 30, "cancelled": 90, "failed": 90}: days per finished status (None: keep)."""
+    what = ("a dict of finished statuses (completed, cancelled, failed) to days to keep them "
+            "(a positive number, or None to keep them forever)")
+    if not isinstance(value, dict) or set(value) - set(RETAINED_STATUSES):
+        return what
+    for days in value.values():
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0):
+            return what
+    return None
+
+
 def rate_or_none(value: Any) -> str | None:
     """A DRF throttle rate such as "120/min" (None: no limit)."""
     if value is None:
@@ -182,6 +198,15 @@ OPTIONS = [
     Option("STICKY_SECONDS", 1.0, non_negative_number,
            "At most this long per sticky slice, however few steps it ran: long chains of slow "
            "steps hand over to the broker as often as this, so they cannot starve other operations."),
+    Option("RETENTION", {"completed": 30, "cancelled": 90, "failed": 90}, retention_spec,
+           "Days beat keeps finished operations, by status, before it deletes them with their events, "
+           "step data and stored rows; None (or a status left out) keeps them forever. A kind's own "
+           "Kind.retention wins for that kind. {} turns retention off."),
+    Option("RETENTION_INTERVAL", 600, positive_number,
+           "Seconds between two retention rounds of beat (each deletes what is due, in batches)."),
+    Option("RETENTION_BATCH", 200, positive_int,
+           "Operations retention deletes per transaction: a batch's rows are gone in one commit, "
+           "and no lock is held longer than one batch takes."),
     Option("KIND_MODULES", [], module_names,
            "Modules that register operation kinds, besides each installed app's operation_kinds module."),
     Option("UPLOAD_DIR", _default_upload_dir, path_or_none,

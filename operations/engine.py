@@ -61,9 +61,10 @@ def _plan(operation_id, run_token):
         spec = get_kind(kind)
         policy = spec.recovery_policy()
         count_steps, poison_limit, recovers = spec.progress == "steps", policy.poison_limit, policy.auto_resume
+        step_time_limit = spec.step_time_limit
     except LookupError:
-        count_steps, poison_limit, recovers = True, conf.POISON_LIMIT, False
-    plan = (workflow["steps"], workflow["pause_every"], count_steps, poison_limit, recovers)
+        count_steps, poison_limit, recovers, step_time_limit = True, conf.POISON_LIMIT, False, None
+    plan = (workflow["steps"], workflow["pause_every"], count_steps, poison_limit, recovers, step_time_limit)
     _PLANS[key] = plan
     if len(_PLANS) > _PLANS_MAX:
         _PLANS.popitem(last=False)
@@ -209,7 +210,7 @@ class Run:
         self.operation_id = operation_id
         self.run_token = run_token
         (self.steps, self.pause_every, self.count_steps, self.poison_limit,
-         self.recovers) = _plan(operation_id, run_token)
+         self.recovers, self.step_time_limit) = _plan(operation_id, run_token)
         self.length = len(self.steps)
         # Only run_step's loop runs a slice; a group's last member hands the next step on.
         self.slice = Slice(self, sticky)
@@ -292,6 +293,9 @@ def _run_claimed(task, run, index, claim):
     spec = _spec_or_fail(run, index, entry)
     if spec is None:
         return
+    limit = entry.get("options", {}).get("time_limit") or run.step_time_limit
+    if limit and not services.step_time_limit_started(operation_id, run_token, claim.fence, index, limit):
+        return  # another run owns it since the claim
     args, kwargs = step_arguments(index, entry, claim.carry)
     attempt = task.request.retries or 0
     ctx = StepContext(operation_id, run_token, index, claim.fence, claim.checkpoint, attempt)
@@ -320,7 +324,7 @@ def _run_claimed(task, run, index, claim):
             services.dispatch_on_commit(operation_id, run_token, index, run.steps)
     except WaitHere as wait:  # a wait step: park the operation, hold no worker
         status = services.operation_wait(operation_id, run_token, ctx.fence, index, name=wait.name,
-                                         timeout=wait.timeout)
+                                         timeout=wait.timeout, state=wait.state)
         if status not in (None, Status.WAITING) and not run.stop_here(
                 status, index, where=f"at step {index + 1} of {run.length}, before its wait"):
             services.dispatch_on_commit(operation_id, run_token, index, run.steps)  # withdrawn: wait again

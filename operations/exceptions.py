@@ -44,6 +44,15 @@ class ConcurrencyLimitReached(OperationError):
     """The kind's ``max_concurrent`` slots are all held; the message names the holders."""
 
 
+class IdempotencyConflict(OperationError):
+    """A start's idempotency key already started an operation that asked for something else
+    (HTTP 409); ``operation_id`` names it."""
+
+    def __init__(self, message: str, *, operation_id: int | None = None):
+        super().__init__(message)
+        self.operation_id = operation_id
+
+
 class QuotaExceeded(OperationError):
     """The owner's quota (unfinished operations, work per operation) would be exceeded; the
     message names the limit and who can raise it (HTTP 409)."""

@@ -6,6 +6,8 @@ Every status change goes through ``operations.services`` (one conditional UPDATE
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .states import Status
@@ -74,6 +76,32 @@ class Operation(models.Model):
     forked_at_step = models.PositiveIntegerField(
         null=True, blank=True, help_text="The step (1-based) of the original this fork started at.",
     )
+    idempotency_key = models.CharField(
+        max_length=200, blank=True, help_text="The key its start was made with (one start per owner and key).",
+    )
+    start_fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="A hash of what the start asked for: the same key must ask the same.",
+    )
+    schedule = models.ForeignKey(
+        "operations.Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="operations",
+        help_text="The schedule that started it, if one did.",
+    )
+    deadline_at = models.DateTimeField(
+        null=True, blank=True, help_text="If it has not ended by then, beat ends it as its kind says (failed or cancelled).",
+    )
+    deadline_seconds = models.FloatField(
+        null=True, blank=True, help_text="The deadline's length from the start: a retry after it passed gets as long again.",
+    )
+    pause_window = models.CharField(
+        max_length=11, blank=True, help_text='Never runs between these times of day (TIME_ZONE), "08:00-18:00": '
+                                             "beat pauses it when the window opens and resumes it when it closes.",
+    )
+    step_deadline_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the step at step_deadline_index passes its time limit.",
+    )
+    step_deadline_index = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The step (0-based) whose time limit step_deadline_at is.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -81,6 +109,11 @@ class Operation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            # One start per owner and key; the CLI's and beat's starts (no owner) share one space.
+            models.UniqueConstraint(Coalesce("owner", Value(0)), "idempotency_key",
+                                    condition=~Q(idempotency_key=""), name="one_start_per_idempotency_key"),
+        ]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="op_owner_created"),
             # Status only: a step's writes (heartbeat, cursor, progress) touch no indexed column,
@@ -88,6 +121,8 @@ class Operation(models.Model):
             models.Index(fields=["status"], name="op_status"),
             models.Index(fields=["-created_at"], name="op_created"),
             models.Index(fields=["kind", "status"], name="op_kind_status"),
+            # Retention: the oldest finished ones of each status first.
+            models.Index(fields=["status", "finished_at"], name="op_status_finished"),
         ]
         permissions = [
             ("pause_operation", "Can pause operations"),
@@ -99,6 +134,7 @@ class Operation(models.Model):
             ("edit_operation", "Can edit paused operations"),
             ("approve_operation", "Can approve or signal waiting operations"),
             ("reject_operation", "Can reject waiting operations"),
+            ("purge_operation", "Can purge finished operations"),
         ]
 
     def __str__(self):
@@ -215,3 +251,56 @@ class OperationQuota(models.Model):
 
     def __str__(self):
         return f"quota of {self.user}"
+
+
+class Schedule(models.Model):
+    """Starts an operation of a kind with fixed parameters at each firing of its beat entry.
+
+    The timing is a django-celery-beat ``PeriodicTask`` (crontab or interval) that calls
+    ``operations.fire_schedule`` with this row's id; pausing the schedule disables that entry.
+    Managed through ``operations.services`` (``schedule_create`` …), like every other write.
+    """
+
+    name = models.CharField(max_length=150, unique=True)
+    kind = models.CharField(max_length=64, help_text="The kind of operation each firing starts.")
+    params = models.JSONField(default=dict, blank=True, help_text="Validated parameters of the kind.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="operation_schedules",
+        help_text="Owns the operations it starts (their quota applies); empty: nobody, as from the CLI.",
+    )
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="operation_schedule",
+        help_text="Beat's entry: when it fires, and whether it is enabled.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    fired = models.PositiveIntegerField(default=0, help_text="Firings that started an operation.")
+    refused = models.PositiveIntegerField(default=0, help_text="Firings refused (a concurrency limit, a quota).")
+    last_outcome = models.TextField(blank=True, help_text="What the last firing did.")
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("pause_schedule", "Can pause and resume operation schedules")]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def paused(self) -> bool:
+        return not self.periodic_task.enabled
+
+
+class ScheduleEvent(models.Model):
+    """A schedule's history: who created, paused or resumed it, and what each firing did."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=16, blank=True)
+    operation = models.ForeignKey(Operation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                  help_text="The operation a firing started.")
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["schedule", "at"], name="schedevent_schedule_at")]

@@ -55,6 +55,24 @@ def can_control(user, operation, verb):
     return user.is_staff and user.has_perm(f"operations.{verb}_operation")
 
 
+def schedule_list(*, user):
+    """The schedules ``user`` may see: their own; staff see all."""
+    from .models import Schedule
+
+    schedules = Schedule.objects.select_related("owner", "periodic_task__interval", "periodic_task__crontab")
+    return schedules.order_by("name") if user.is_staff else schedules.filter(owner=user).order_by("name")
+
+
+def can_manage_schedule(user, schedule, permission):
+    """Owners manage their schedules; staff manage others' with the model permission
+    (``pause_schedule``, ``delete_schedule``)."""
+    if not user.is_authenticated:
+        return False
+    if schedule.owner_id == user.pk:
+        return True
+    return user.is_staff and user.has_perm(f"operations.{permission}_schedule")
+
+
 def operation_events(*, operation):
     return OperationEvent.objects.filter(operation=operation).order_by("at", "id")
 
@@ -141,6 +159,18 @@ def operation_dependents(operation):
             ("group task(s)", StepMember.objects.filter(operation=operation).count()),
             ("kept step value(s)", StepBoundary.objects.filter(operation=operation).count()),
             ("row(s) of data it stored", operation_row_count(operation) or 0)]
+
+
+def operation_kept_until(operation):
+    """When retention will delete a finished operation (None: never, or it has not finished)."""
+    from datetime import timedelta
+
+    from .catalogue import kept_days
+
+    if operation.finished_at is None or operation.status not in ("completed", "cancelled", "failed"):
+        return None
+    days = kept_days(_kind_or_none(operation), operation.status)
+    return None if days is None else operation.finished_at + timedelta(days=days)
 
 
 def operation_cancel_effect(operation):

@@ -46,6 +46,12 @@ class OperationSerializer(serializers.ModelSerializer):
     heartbeat_age = serializers.SerializerMethodField()
     silence = serializers.SerializerMethodField()
     resume_at = IsoDateTimeField(read_only=True, allow_null=True)
+    deadline_at = IsoDateTimeField(read_only=True, allow_null=True,
+                                   help_text="If it has not ended by then, beat ends it as its kind says.")
+    pause_window = serializers.CharField(read_only=True, help_text='"HH:MM-HH:MM" it never runs in ("" if none).')
+    idempotency_key = serializers.CharField(read_only=True, help_text="The key it was started with ('' if none).")
+    schedule = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True,
+                                            help_text="The schedule that started it, if one did.")
     rows_stored = serializers.SerializerMethodField()
     remaining_workflow = serializers.SerializerMethodField()
     forked_from = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
@@ -61,7 +67,7 @@ class OperationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "status", "status_label", "owner", "params", "progress", "result", "error",
             "run_token", "created_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
-            "heartbeat_age", "silence", "resume_at", "actions", "rows_stored", "remaining_workflow",
+            "heartbeat_age", "silence", "resume_at", "deadline_at", "pause_window", "idempotency_key", "schedule", "actions", "rows_stored", "remaining_workflow",
             "forked_from", "forked_at_step", "forks", "fork_steps", "events",
         ]
         read_only_fields = fields
@@ -110,6 +116,8 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
     status = serializers.CharField(required=False, help_text="The operation's status, when a verb was refused.")
+    operation = serializers.IntegerField(required=False, help_text="The operation an idempotency key started, "
+                                                                   "when a start with it asked for something else.")
 
 
 class OperationListSerializer(OperationSerializer):

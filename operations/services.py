@@ -9,17 +9,20 @@ the worker's and beat's transitions below them are internal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from celery import current_app
 from django import forms
 from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from . import bus, uploads
@@ -28,6 +31,7 @@ from .conf import conf
 from .exceptions import (  # noqa: F401  (re-exported: callers catch them from here too)
     ConcurrencyLimitReached,
     Fenced,
+    IdempotencyConflict,
     InvalidParams,
     OperationError,
     OperationNotFound,
@@ -49,11 +53,14 @@ from .states import (
     ACTIVE,
     RELEASES_SLOT,
     TRANSITIONS,
+    UNFINISHED,
     VERB_PAST,
     Status,
+    label,
     refusal_message,
     transitions_for_verb,
 )
+from .waiting import SLEEP
 from .workflow import (
     build_plan,
     cache_key,
@@ -117,8 +124,10 @@ def _transition(operation_id, name, actor, *, token=None, note="", assignments=N
               "updated_at": now}
     if transition.target in {Status.COMPLETED, Status.CANCELLED, Status.FAILED}:
         values["finished_at"] = now
-    if transition.target != Status.INTERRUPTED:
-        values["resume_at"] = None  # an automatic resume is planned only while interrupted
+    if transition.target != Status.INTERRUPTED and name != "obey_pause":
+        # Beat acts by itself only on an interrupted operation (its automatic resume), a waiting
+        # one (its timeout), and a paused one asked to resume at a time (kept from the pause).
+        values["resume_at"] = None
     values.update(assignments or {})
     conditions = [bus.in_statuses(transition.sources), *conditions]
     if token is not None:
@@ -190,10 +199,10 @@ def _compensate(operation_id, kind_name):
     return kind.compensate(Operation.objects.get(pk=operation_id)) or "compensation ran"
 
 
-def _cancel(operation_id, name, actor, *, token=None, note=""):
+def _cancel(operation_id, name, actor, *, token=None, note="", conditions=()):
     with transaction.atomic():
         row = _transition(operation_id, name, actor, token=token, record_event=False,
-                          returning=("previous_status", "kind"))
+                          returning=("previous_status", "kind"), conditions=conditions)
         if row is None:
             return None
         undone = _compensate(operation_id, row[1])
@@ -288,8 +297,6 @@ def clean_params(kind, params, files=None):
     return form.params()
 
 
-#: What counts against a quota's unfinished operations: what a worker runs or may run again soon.
-UNFINISHED = ACTIVE | {Status.PAUSED, Status.INTERRUPTED, Status.WAITING}
 
 
 def quota_of(owner: Any) -> tuple[int | None, float | None]:
@@ -320,51 +327,215 @@ def _check_quota(spec, cleaned, owner):
 
 
 def operation_start(*, kind: str, params: Mapping[str, Any] | None = None, owner: Any = None,
-                    actor: Actor | str | Any, files: Mapping[str, Any] | None = None) -> Operation:
+                    actor: Actor | str | Any, files: Mapping[str, Any] | None = None,
+                    idempotency_key: str | None = None, deadline: float | None = None,
+                    schedule: Any = None, pause_window: str | None = None) -> Operation:
     """Validate, plan and start an operation of ``kind``; its first step is dispatched on commit.
+
+    With an ``idempotency_key``, a start the same owner already made with that key returns the
+    operation it started instead (``operation_start_once`` says which happened). ``deadline``
+    (seconds from now; default: the kind's) ends it, as the kind says, if it has not ended by then.
+    """
+    return operation_start_once(kind=kind, params=params, owner=owner, actor=actor, files=files,
+                                idempotency_key=idempotency_key, deadline=deadline, schedule=schedule,
+                                pause_window=pause_window)[0]
+
+
+#: The longest idempotency key (a UUID is 36 characters; Stripe allows 255).
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def operation_start_once(*, kind: str, params: Mapping[str, Any] | None = None, owner: Any = None,
+                         actor: Actor | str | Any, files: Mapping[str, Any] | None = None,
+                         idempotency_key: str | None = None, deadline: float | None = None,
+                         schedule: Any = None, pause_window: str | None = None) -> tuple[Operation, bool]:
+    """``operation_start``, and whether it started one: (operation, True), or (the operation this
+    owner started with ``idempotency_key`` before, False) — as ``get_or_create`` answers. The
+    same key with another kind, parameters or file is refused (``IdempotencyConflict``, a 409).
+
+    The key is kept as long as the operation it started (retention removes both). The unique
+    index on (owner, key) makes two concurrent starts with one key start one operation: the
+    second waits for the first to commit, then answers with its operation.
 
     The concurrency slot is taken before the kind prepares its input (e.g. stores an upload), so
     a refused start leaves nothing behind; any error rolls the whole start back.
     """
     actor = Actor.coerce(actor)
+    key = _idempotency_key(idempotency_key)
+    window = _pause_window(pause_window)
+    fingerprint = _start_fingerprint(kind, params, files, deadline, window) if key else ""
+    if key:
+        earlier = _started_with(owner, key, fingerprint)
+        if earlier is not None:
+            return earlier, False
     try:
         spec = get_kind(kind)
     except UnknownKind as exc:
         raise InvalidParams({"kind": [str(exc)]}) from None
     cleaned = clean_params(spec, params, files)
+    seconds = _deadline_seconds(spec, deadline)
     now = timezone.now()
-    with transaction.atomic():
-        _check_quota(spec, cleaned, owner)
-        operation = Operation.objects.create(
-            owner=owner, kind=spec.name, status=Status.RUNNING, run_token=1,
-            created_at=now, started_at=now, heartbeat_at=now, updated_at=now,
-        )
-        _acquire_slot(operation.pk, spec, operation.owner_id)
-        if spec.prepare is not None:
-            cleaned = spec.prepare(cleaned, files)
-        try:
-            plan = build_plan(spec.build(cleaned), pause_every=spec.pause_every)
-        except WorkflowError as exc:
-            raise InvalidParams({"__all__": [str(exc)]}) from None
-        operation.params, operation.workflow = cleaned, plan
-        operation.progress_total = len(plan["steps"]) if spec.progress == "steps" else None
-        operation.save(update_fields=["params", "workflow", "progress_total"])
-        _event(operation.pk, actor, "", Status.RUNNING, f"started with {len(plan['steps'])} step(s)")
-        dispatch_on_commit(operation.pk, operation.run_token, 0, plan["steps"])
-    return operation
+    try:
+        with transaction.atomic():
+            _check_quota(spec, cleaned, owner)
+            if key:  # the owner's row lock (a quota) or the write lock (SQLite) was just taken
+                earlier = _started_with(owner, key, fingerprint)
+                if earlier is not None:
+                    return earlier, False
+            operation = Operation.objects.create(
+                owner=owner, kind=spec.name, status=Status.RUNNING, run_token=1,
+                idempotency_key=key, start_fingerprint=fingerprint, schedule=schedule, pause_window=window,
+                deadline_seconds=seconds, deadline_at=now + timedelta(seconds=seconds) if seconds else None,
+                created_at=now, started_at=now, heartbeat_at=now, updated_at=now,
+            )
+            _acquire_slot(operation.pk, spec, operation.owner_id)
+            if spec.prepare is not None:
+                cleaned = spec.prepare(cleaned, files)
+            try:
+                plan = build_plan(spec.build(cleaned), pause_every=spec.pause_every)
+            except WorkflowError as exc:
+                raise InvalidParams({"__all__": [str(exc)]}) from None
+            operation.params, operation.workflow = cleaned, plan
+            operation.progress_total = len(plan["steps"]) if spec.progress == "steps" else None
+            operation.save(update_fields=["params", "workflow", "progress_total"])
+            said = f"started with {len(plan['steps'])} step(s)"
+            if seconds:
+                said += f"; deadline {operation.deadline_at:%Y-%m-%d %H:%M:%S} ({seconds:g} s)"
+            if key:
+                said += f"; idempotency key {key!r}"
+            _event(operation.pk, actor, "", Status.RUNNING, said)
+            dispatch_on_commit(operation.pk, operation.run_token, 0, plan["steps"])
+    except IntegrityError:
+        # Another start with this key committed between our look and our insert (PostgreSQL
+        # without a quota lock): the unique index refused ours, and everything rolled back.
+        earlier = _started_with(owner, key, fingerprint) if key else None
+        if earlier is None:
+            raise
+        return earlier, False
+    return operation, True
+
+
+def _idempotency_key(key):
+    if key is None or key == "":
+        return ""
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or "\x00" in key:
+        raise InvalidParams({"idempotency_key": [
+            f"an idempotency key is a text of 1 to {MAX_IDEMPOTENCY_KEY} characters (a UUID, say), not {key!r:.60}"]})
+    return key.strip()
+
+
+def _pause_window(window):
+    if window is None or window == "":
+        return ""
+    from .windows import parse_window
+
+    try:
+        parse_window(window)
+    except ValueError as exc:
+        raise InvalidParams({"pause_window": [str(exc)]}) from None
+    return window.strip()
+
+
+def _start_fingerprint(kind, params, files, deadline, window=""):
+    """What a start asked for, as a hash: a second start with the same key must ask the same."""
+    uploaded = sorted((name, getattr(f, "name", ""), getattr(f, "size", None)) for name, f in (files or {}).items())
+    asked = {"kind": kind, "params": params or {}, "files": uploaded, "deadline": deadline}
+    if window:
+        asked["pause_window"] = window
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _started_with(owner, key, fingerprint):
+    mine = Operation.objects.filter(owner__isnull=True) if owner is None else Operation.objects.filter(owner=owner)
+    earlier = mine.filter(idempotency_key=key).first()
+    if earlier is None:
+        return None
+    if earlier.start_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} already started operation {earlier.pk} ({earlier.kind}) with another "
+            f"kind, parameters, file or deadline; use a new key for a new start", operation_id=earlier.pk)
+    return earlier
+
+
+def _deadline_seconds(spec, deadline):
+    """The operation's deadline in seconds from its start: as asked, else the kind's, else none."""
+    if deadline is None:
+        return spec.deadline
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= MAX_DEADLINE:
+        raise InvalidParams({"deadline": [f"a deadline is a number of seconds above 0 and at most "
+                                          f"{MAX_DEADLINE:g} (a year), not {deadline!r}"]})
+    return float(deadline)
+
+
+MAX_DEADLINE = 366 * 24 * 3600.0
 
 
 # --- the user verbs ---------------------------------------------------------------------------
 
 
-def operation_pause(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
-    """Ask the worker to pause at the next pause point."""
-    return _apply_verb(operation, "pause", actor)
+def operation_pause(*, operation: Operation | int, actor: Actor | str | Any,
+                    resume_at: datetime | None = None) -> Operation:
+    """Ask the worker to pause at the next pause point (a waiting operation: at once). With
+    ``resume_at``, beat resumes it by itself then (within TAP_RECONCILE_INTERVAL), unless a
+    person resumes or cancels it first."""
+    if resume_at is None:
+        return _apply_verb(operation, "pause", actor)
+    at = future_time(resume_at, "resume_at")
+    return _apply_verb(operation, "pause", actor, assignments={"resume_at": at},
+                       note_more=f"; beat resumes it at {_when(at)}")
 
 
-def operation_resume(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
-    """Resume a paused or interrupted operation (new run token), or withdraw a pending pause."""
-    return _apply_verb(operation, "resume", actor)
+def operation_resume(*, operation: Operation | int, actor: Actor | str | Any,
+                     at: datetime | None = None) -> Operation:
+    """Resume a paused or interrupted operation (new run token), or withdraw a pending pause.
+    With ``at``, a paused operation stays paused and beat resumes it then (``resume_at``)."""
+    if at is None:
+        return _apply_verb(operation, "resume", actor)
+    return _plan_resume(operation, Actor.coerce(actor), future_time(at, "at"))
+
+
+def _plan_resume(operation, actor, at):
+    operation_id = getattr(operation, "pk", operation)
+    with transaction.atomic():
+        row = bus.update(operation_id, {"resume_at": at, "updated_at": timezone.now()},
+                         [bus.in_statuses({Status.PAUSED})], ("status",))
+        if row is not None:
+            _event(operation_id, actor, Status.PAUSED, Status.PAUSED, f"resume planned: beat resumes it at {_when(at)}")
+            return Operation.objects.get(pk=operation_id)
+    status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
+    if status is None:
+        raise OperationNotFound(f"operation {operation_id} does not exist")
+    raise TransitionRefused(f"operation {operation_id} is {label(status).lower()}; only paused operations can be "
+                            f"resumed at a time (pause it with a resume time instead)",
+                            operation_id=operation_id, status=status)
+
+
+#: How far ahead a time may be planned (a resume, a deadline): a year.
+MAX_AHEAD = timedelta(days=366)
+
+
+def future_time(value: Any, field: str) -> datetime:
+    """An aware datetime in the next year from a datetime or ISO 8601 text; InvalidParams naming
+    ``field`` otherwise (a naive time is in the current time zone)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidParams({field: [f"give a time in ISO 8601 (2026-12-01T22:00:00+00:00), not {value!r:.60}"]}) from None
+    if not isinstance(value, datetime):
+        raise InvalidParams({field: [f"give a time (ISO 8601), not {value!r:.60}"]})
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    now = timezone.now()
+    if value <= now:
+        raise InvalidParams({field: [f"{value.isoformat()} has passed; give a time to come"]})
+    if value > now + MAX_AHEAD:
+        raise InvalidParams({field: [f"{value.isoformat()} is more than a year ahead"]})
+    return value
+
+
+def _when(at):
+    return timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def operation_cancel(*, operation: Operation | int, actor: Actor | str | Any) -> Operation:
@@ -615,7 +786,7 @@ def _wake_verb(operation, name, actor, *, payload, signal=None):
         status, waiting_for = row
         if status != Status.WAITING:
             raise TransitionRefused(refusal_message(operation_id, status, name), operation_id=operation_id, status=status)
-        if signal is not None and signal != waiting_for:
+        if signal is not None and (signal != waiting_for or signal == SLEEP):
             raise TransitionRefused(f"operation {operation_id} waits for {waiting_for!r}, not {signal!r}",
                                     operation_id=operation_id, status=status)
         if _wake(operation_id, name, actor, payload=payload, waiting_for=waiting_for) is not None:
@@ -715,7 +886,7 @@ def operations_fork(operations: Iterable[Operation | int], *, actor: Actor | str
     return outcome
 
 
-def _apply_verb(operation, verb, actor):
+def _apply_verb(operation, verb, actor, **options):
     actor = Actor.coerce(actor)
     operation_id = getattr(operation, "pk", operation)
     for _ in range(10):
@@ -726,7 +897,7 @@ def _apply_verb(operation, verb, actor):
         if transition is None:
             raise TransitionRefused(refusal_message(operation_id, status, verb),
                                     operation_id=operation_id, status=status)
-        if _VERB_HANDLERS[transition.name](operation_id, actor) is not None:
+        if _VERB_HANDLERS[transition.name](operation_id, actor, **options) is not None:
             return Operation.objects.get(pk=operation_id)
         # The status moved between the read and the conditional UPDATE: decide again.
     raise TransitionRefused(f"operation {operation_id} kept changing state; try again",
@@ -734,9 +905,9 @@ def _apply_verb(operation, verb, actor):
 
 
 def _simple(name, note=""):
-    def handler(operation_id, actor):
+    def handler(operation_id, actor, *, assignments=None, note_more=""):
         with transaction.atomic():
-            return _transition(operation_id, name, actor, note=note)
+            return _transition(operation_id, name, actor, note=note + note_more, assignments=assignments)
     return handler
 
 
@@ -745,15 +916,23 @@ def _redispatch(name):
     step. A person's resume also clears the poison and automatic-resume counts."""
 
     def handler(operation_id, actor):
-        return _dispatch_run(operation_id, name, actor, assignments={"deaths": 0, "auto_resumes": 0})
+        return _dispatch_run(operation_id, name, actor, assignments={"deaths": 0, "auto_resumes": 0},
+                             fresh_deadline=True)
 
     return handler
 
 
-def _dispatch_run(operation_id, name, actor, *, assignments, conditions=(), note=""):
+def _dispatch_run(operation_id, name, actor, *, assignments, conditions=(), note="", fresh_deadline=False):
     verb = TRANSITIONS[name].verb
-    plan, kind_name, owner_id = (Operation.objects.filter(pk=operation_id)
-                                 .values_list("workflow", "kind", "owner_id").get())
+    plan, kind_name, owner_id, deadline_at, deadline_seconds = (
+        Operation.objects.filter(pk=operation_id)
+        .values_list("workflow", "kind", "owner_id", "deadline_at", "deadline_seconds").get())
+    now = timezone.now()
+    if fresh_deadline and deadline_seconds and deadline_at and deadline_at <= now:
+        # A person runs it again after its deadline ended it: as long again, from now.
+        deadline_at = now + timedelta(seconds=deadline_seconds)
+        assignments = {**assignments, "deadline_at": deadline_at}
+        note += f"new deadline {_when(deadline_at)}; "
     try:
         validate_plan(plan)
         kind = get_kind(kind_name)
@@ -953,15 +1132,17 @@ def _stop_at_pause_point(operation_id, run_token, status, *, index, length, resu
     return None if row is None else True
 
 
-def operation_wait(operation_id, run_token, fence, index, *, name, timeout):
+def operation_wait(operation_id, run_token, fence, index, *, name, timeout, state=None):
     """The worker at a wait step: running → waiting, holding no worker; beat ends the wait after
     ``timeout`` seconds, if given, as the step says. Returns the status now: waiting; the pause or
     cancel that was asked first (the caller obeys it); None if this run no longer owns it."""
     until = timezone.now() + timedelta(seconds=timeout) if timeout else None
     limit = f", at most {timeout:g} s" if timeout else ""
+    said = f"asleep until {_when(until)}" if name == SLEEP else f"waiting for {name!r}{limit}"
     with transaction.atomic():
-        row = _transition(operation_id, "wait", WORKER, token=run_token, note=f"waiting for {name!r}{limit}",
-                          assignments={"waiting_for": name, "resume_at": until, "step_index": index},
+        row = _transition(operation_id, "wait", WORKER, token=run_token, note=said,
+                          assignments={"waiting_for": name, "resume_at": until, "step_index": index,
+                                       "checkpoint": state},
                           conditions=[(f"{bus.column('fence')} = %s", [fence])])
     if row is not None:
         return Status.WAITING
@@ -979,9 +1160,12 @@ def operations_expire_waits(*, now=None):
             Operation.objects.filter(status=Status.WAITING, resume_at__lte=now)
             .values_list("id", "workflow", "step_index", "waiting_for")):
         entry = plan["steps"][index] if index < len(plan["steps"]) else {}
-        outcome = entry.get("kwargs", {}).get("on_timeout", "fail")
+        outcome = "continue" if waiting_for == SLEEP else entry.get("kwargs", {}).get("on_timeout", "fail")
         what = f"the wait for {waiting_for!r} timed out"
-        if outcome == "continue":
+        if waiting_for == SLEEP:
+            row = _wake(operation_id, "wait_timeout", BEAT, payload=None, waiting_for=waiting_for,
+                        note="woke up: the sleep ended")
+        elif outcome == "continue":
             row = _wake(operation_id, "wait_timeout", BEAT, payload=None, waiting_for=waiting_for,
                         note=f"{what}: it goes on with the value carried into the wait")
         elif outcome == "cancel":
@@ -993,6 +1177,16 @@ def operations_expire_waits(*, now=None):
         if row is not None:
             ended.append(operation_id)
     return ended
+
+
+def step_time_limit_started(operation_id, run_token, fence, index, limit):
+    """Before a step with a time limit: the time by which beat stops it (``operations_end_late``).
+    False if this run no longer owns the operation."""
+    return bus.update(
+        operation_id, {"step_deadline_at": timezone.now() + timedelta(seconds=limit), "step_deadline_index": index},
+        [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token]),
+         (f"{bus.column('fence')} = %s", [fence])], ("id",), durable=False,
+    ) is not None
 
 
 def operation_fail(operation_id, run_token, error):
@@ -1272,3 +1466,192 @@ def operations_recover(*, now=None):
                     _transition(op_id, "pause", BEAT, note="the pause asked before the interruption still holds")
     return resumed
 
+
+def operations_resume_planned(*, now=None):
+    """Beat: resume the paused operations whose planned resume (``operation_pause(resume_at=…)``,
+    ``operation_resume(at=…)``) is due. Conditional on it still being due, so a person's resume
+    or cancel in between wins. Returns the ids."""
+    now = now or timezone.now()
+    due = bus.column("resume_at")
+    when = Operation._meta.get_field("resume_at").get_db_prep_save(now, connection=bus.connection)
+    resumed = []
+    for op_id in (Operation.objects.filter(status=Status.PAUSED, resume_at__lte=now).values_list("id", flat=True)):
+        try:
+            row = _dispatch_run(op_id, "resume", BEAT, assignments={"deaths": 0, "auto_resumes": 0},
+                                conditions=[(f"{due} IS NOT NULL AND {due} <= %s", [when])],
+                                note="resumed at the time planned: ")
+        except OperationError as exc:
+            log.warning("beat could not resume operation %s as planned: %s", op_id, exc)
+            bus.update(op_id, {"resume_at": None}, [bus.in_statuses({Status.PAUSED})])
+            continue
+        if row is not None:
+            resumed.append(op_id)
+    return resumed
+
+
+def operations_keep_windows(*, now=None):
+    """Beat: pause the running operations whose pause window (their own, else their kind's) is
+    open, with a planned resume when it closes. Returns the ids."""
+    from .catalogue import all_kinds
+    from .windows import window_closes
+
+    now = now or timezone.now()
+    windowed = {kind.name: kind.pause_window for kind in all_kinds() if kind.pause_window}
+    paused = []
+    for op_id, kind_name, own in (Operation.objects.filter(status=Status.RUNNING)
+                                  .filter(~Q(pause_window="") | Q(kind__in=list(windowed)))
+                                  .values_list("id", "kind", "pause_window")):
+        window = own or windowed.get(kind_name, "")
+        closes = window_closes(window, now) if window else None
+        if closes is None:
+            continue
+        with transaction.atomic():
+            if _transition(op_id, "pause", BEAT, assignments={"resume_at": closes},
+                           note=f"pause window {window}: it pauses at its next pause point; beat resumes it at "
+                                f"{_when(closes)}") is not None:
+                paused.append(op_id)
+    return paused
+
+
+def operations_end_late(*, now=None):
+    """Beat: end the operations past their deadline, and the active ones whose step ran past its
+    time limit, as their kind says (``Kind.on_deadline``: failed, or cancelled with
+    compensation), the deadline named in the error and the history. An active one's step is
+    stopped first, as a terminate stops it. Returns the ids."""
+    now = now or timezone.now()
+    ended = []
+    stamp = partial(_db_time, now)
+    for op_id, kind_name, token, status, at, seconds in (
+            Operation.objects.filter(status__in=UNFINISHED, deadline_at__lte=now)
+            .values_list("id", "kind", "run_token", "status", "deadline_at", "deadline_seconds")):
+        why = f"deadline passed: it had to end by {_when(at)}" + (f" ({seconds:g} s after its start)" if seconds else "")
+        column = bus.column("deadline_at")
+        if _end_late(op_id, kind_name, token, status, why, [(f"{column} IS NOT NULL AND {column} <= %s", [stamp("deadline_at")])]):
+            ended.append(op_id)
+    for op_id, kind_name, token, status, index, workflow in (
+            Operation.objects.filter(status__in=ACTIVE, step_deadline_at__lte=now, step_deadline_index=F("step_index"))
+            .values_list("id", "kind", "run_token", "status", "step_index", "workflow")):
+        steps = workflow.get("steps", [])
+        entry = steps[index] if index < len(steps) else {}
+        kind = _kind_or_none(kind_name)
+        limit = entry.get("options", {}).get("time_limit") or (kind.step_time_limit if kind else None)
+        why = (f"step {index + 1} of {len(steps)} ran past its time limit"
+               + (f" of {limit:g} s" if limit else "") + ": it was stopped")
+        column = bus.column("step_deadline_at")
+        if _end_late(op_id, kind_name, token, status, why, [
+                (f"{column} IS NOT NULL AND {column} <= %s", [stamp("step_deadline_at")]),
+                (f"{bus.column('step_index')} = %s", [index])]):
+            ended.append(op_id)
+    return ended
+
+
+def _db_time(now, field):
+    return Operation._meta.get_field(field).get_db_prep_save(now, connection=bus.connection)
+
+
+def _end_late(operation_id, kind_name, token, status, why, conditions):
+    kind = _kind_or_none(kind_name)
+    if status in ACTIVE:  # the step may never reach a pause point: stop its process first
+        stopped = _stop_step_processes(operation_id, token)
+        if stopped:
+            why += f" (stopped {stopped} worker process(es) running its step)"
+    if kind is not None and kind.on_deadline == "cancel":
+        return _cancel(operation_id, "deadline_cancel", BEAT, note=f"{why}; ", conditions=conditions) is not None
+    with transaction.atomic():
+        return _transition(operation_id, "deadline_fail", BEAT, note=why, conditions=conditions,
+                           assignments={"error": why, "waiting_for": ""}) is not None
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+@dataclass
+class PurgeOutcome:
+    """What a purge deleted (or, dry, would delete): operations by status, and their events."""
+
+    operations: dict[str, int]
+    events: int
+    dry_run: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.operations.values())
+
+
+def retention_due(*, now=None) -> Q:
+    """Which finished operations retention deletes now: per status, older than the kind's days
+    or TAP_RETENTION's (by ``finished_at``)."""
+    from .catalogue import RETAINED_STATUSES, all_kinds
+
+    now = now or timezone.now()
+    due = Q(pk__in=[])
+    for status in RETAINED_STATUSES:
+        own = {kind.name: kind.retention[status] for kind in all_kinds() if kind.retention and status in kind.retention}
+        days = conf.RETENTION.get(status)
+        if days is not None:
+            due |= Q(status=status, finished_at__lt=now - timedelta(days=days)) & ~Q(kind__in=list(own))
+        for kind_name, kind_days in own.items():
+            if kind_days is not None:
+                due |= Q(status=status, kind=kind_name, finished_at__lt=now - timedelta(days=kind_days))
+    return due
+
+
+def operations_retain(*, now=None, batch=None) -> PurgeOutcome:
+    """Beat: delete the finished operations retention says are due (``retention_due``)."""
+    return _purge(retention_due(now=now), batch=batch, dry_run=False, actor=BEAT, why="retention")
+
+
+def operations_purge(*, older_than: timedelta, statuses: Iterable[str] | None = None,
+                     kinds: Iterable[str] | None = None, dry_run: bool = False,
+                     actor: Actor | str | Any, batch: int | None = None) -> PurgeOutcome:
+    """Delete the finished operations (completed, cancelled, failed; or ``statuses`` of those)
+    that ended more than ``older_than`` ago — whatever the retention says — with their events,
+    step data and stored rows, in batches. ``dry_run`` counts them and deletes nothing."""
+    from .catalogue import RETAINED_STATUSES
+
+    statuses = list(statuses or RETAINED_STATUSES)
+    unfinished = sorted(set(statuses) - set(RETAINED_STATUSES))
+    if unfinished:
+        raise InvalidParams({"status": [f"only finished operations are purged ({', '.join(RETAINED_STATUSES)}), "
+                                        f"not {', '.join(unfinished)}"]})
+    if older_than < timedelta(0):
+        raise InvalidParams({"older_than": ["give an age of 0 or more"]})
+    which = Q(status__in=statuses, finished_at__lt=timezone.now() - older_than)
+    if kinds:
+        which &= Q(kind__in=list(kinds))
+    return _purge(which, batch=batch, dry_run=dry_run, actor=Actor.coerce(actor), why=f"purge by {Actor.coerce(actor).name}")
+
+
+def _purge(which, *, batch, dry_run, actor, why):
+    """Delete in batches of ``batch`` (TAP_RETENTION_BATCH) operations, one transaction each:
+    memory stays flat (a batch's ids, never its rows), and a batch's locks are only on the
+    operations it deletes and their own rows."""
+    from .catalogue import RETAINED_STATUSES
+
+    batch = batch or conf.RETENTION_BATCH
+    finished = Operation.objects.filter(which, status__in=RETAINED_STATUSES)
+    if dry_run:
+        counts = dict(finished.order_by().values_list("status").annotate(n=Count("id")))
+        events = OperationEvent.objects.filter(operation__in=finished.order_by().values("id")).count()
+        return PurgeOutcome({status: counts.get(status, 0) for status in RETAINED_STATUSES}, events, True)
+    deleted = dict.fromkeys(RETAINED_STATUSES, 0)
+    events = 0
+    while True:
+        ids = list(finished.order_by("finished_at", "id").values_list("id", flat=True)[:batch])
+        if not ids:
+            break
+        with transaction.atomic():
+            # Locked and checked again: one that a person retried meanwhile is not finished any more.
+            locked = dict(Operation.objects.select_for_update().filter(pk__in=ids, status__in=RETAINED_STATUSES)
+                          .order_by().values_list("id", "status"))
+            statuses = Counter(locked.values())
+            _, removed = Operation.objects.filter(pk__in=list(locked)).only("id", "kind", "params", "status").delete()
+        events += removed.get(OperationEvent._meta.label, 0)
+        for status, n in statuses.items():
+            deleted[status] += n
+        if len(ids) < batch:
+            break
+    if any(deleted.values()):
+        log.info("%s deleted %s finished operation(s) (%s) with %s event(s)", why, sum(deleted.values()),
+                 ", ".join(f"{n} {status}" for status, n in deleted.items() if n), events)
+    return PurgeOutcome(deleted, events, False)

@@ -25,6 +25,8 @@ class Status(models.TextChoices):
 ACTIVE = frozenset({Status.RUNNING, Status.PAUSE_REQUESTED, Status.CANCEL_REQUESTED})
 #: Nothing leaves these.
 TERMINAL = frozenset({Status.COMPLETED, Status.CANCELLED})
+#: Not ended: a worker runs it, or may run it again without a person (or once a person says so).
+UNFINISHED = ACTIVE | {Status.PAUSED, Status.INTERRUPTED, Status.WAITING}
 #: Entering one of these gives back the operation's concurrency slot.
 RELEASES_SLOT = frozenset({Status.COMPLETED, Status.CANCELLED, Status.FAILED, Status.INTERRUPTED})
 
@@ -67,6 +69,9 @@ TRANSITIONS = {
         # beat, when a wait's timeout passes: go on, or fail, as the wait step says (or cancel_now)
         Transition("wait_timeout", frozenset({Status.WAITING}), Status.RUNNING),
         Transition("wait_expired", frozenset({Status.WAITING}), Status.FAILED),
+        # beat, when an operation's deadline or its step's time limit passed: as the kind says
+        Transition("deadline_fail", UNFINISHED, Status.FAILED),
+        Transition("deadline_cancel", UNFINISHED, Status.CANCELLED),
     )
 }
 

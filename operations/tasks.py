@@ -78,6 +78,14 @@ def reconcile():
     return reconcile_once()
 
 
+@shared_task(name="operations.fire_schedule", bind=True, ignore_result=True, acks_late=True)
+def fire_schedule(self, schedule_id):
+    """A schedule's beat entry fired: start its operation (operations.schedules)."""
+    from .schedules import schedule_fire
+
+    schedule_fire(schedule_id, firing_id=self.request.id or "")
+
+
 @shared_task(name="operations.ping")
 def ping(payload=None):
     """Round trip through broker, worker and result backend: used by health checks and tests."""

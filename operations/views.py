@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 from django.views.generic import DetailView, ListView, TemplateView
@@ -225,14 +226,23 @@ class OperationControlView(VisibleOperationMixin, View):
         operation = self.get_operation()
         if not selectors.can_control(request.user, operation, self.verb):
             raise PermissionDenied(f"You may not {self.verb} operation {operation.pk}.")
+        actor = services.Actor.coerce(request.user, via="web")
+        resume_at, at = request.POST.get("resume_at", "").strip(), request.POST.get("at", "").strip()
         try:
-            changed = services.operation_apply(self.verb, operation=operation,
-                                               actor=services.Actor.coerce(request.user, via="web"))
+            if self.verb == "pause" and resume_at:  # "Pause until": beat resumes it then
+                changed = services.operation_pause(operation=operation, actor=actor, resume_at=resume_at)
+            elif self.verb == "resume" and at:  # "Resume at": it stays paused until then
+                changed = services.operation_resume(operation=operation, actor=actor, at=at)
+            else:
+                changed = services.operation_apply(self.verb, operation=operation, actor=actor)
         except services.OperationError as exc:
             messages.warning(request, str(exc))
             return redirect("operations:detail", pk=operation.pk)
         # Tagged with the status it describes: the page drops it once the live part shows another.
-        messages.success(request, f"Operation {operation.pk}: {OUTCOME.get(changed.status, label(changed.status))}",
+        said = OUTCOME.get(changed.status, label(changed.status))
+        if changed.resume_at and changed.status in (Status.PAUSED, Status.PAUSE_REQUESTED):
+            said += f" Beat resumes it at {timezone.localtime(changed.resume_at):%Y-%m-%d %H:%M:%S}."
+        messages.success(request, f"Operation {operation.pk}: {said}",
                          extra_tags=f"tap-status-{changed.status}")
         back = request.POST.get("next", "")
         if not url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):

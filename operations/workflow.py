@@ -36,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 PLAN_VERSION = 1
 #: Signature options a plan keeps; anything else in a stored step is refused.
-STEP_OPTIONS = frozenset({"queue", "priority", "max_retries", "retry_delay"})
+STEP_OPTIONS = frozenset({"queue", "priority", "max_retries", "retry_delay", "time_limit"})
 STEP_KEYS = frozenset({"task", "args", "kwargs", "options", "immutable"})
 #: Most members one group step may have.
 MAX_GROUP_MEMBERS = 10_000
@@ -191,6 +191,9 @@ def validate_step(index, entry, where=None):
     options = entry.get("options", {})
     if not isinstance(options, dict) or set(options) - STEP_OPTIONS:
         raise WorkflowError(f"{where}: unsupported options {sorted(set(options) - STEP_OPTIONS)}")
+    limit = options.get("time_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise WorkflowError(f"{where}: time_limit is a number of seconds above 0, not {limit!r}")
     try:
         json.dumps([args, kwargs])
     except (TypeError, ValueError) as exc:

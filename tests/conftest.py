@@ -46,9 +46,12 @@ def unreachable_services():
 
 def pytest_collection_modifyitems(config, items):
     selected, deselected = [], []
+    long_tests = os.environ.get("TAP_LONG_TESTS") == "1"
     for item in items:
         marker = item.get_closest_marker("backends")
         if marker and BACKEND not in marker.args:
+            deselected.append(item)
+        elif bool(item.get_closest_marker("minutes")) != long_tests:  # make test-long runs only those
             deselected.append(item)
         else:
             selected.append(item)

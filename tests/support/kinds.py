@@ -16,7 +16,7 @@ from operations.catalogue import AUTO_RECOVERY, Kind, KindForm, Recovery, get_ki
 from operations.contrib.demo.kinds import csv_import as _demo_csv_import  # noqa: F401 (registers csv_import)
 from operations.contrib.demo.kinds.arithmetic import add
 from operations.contrib.demo.models import Record
-from operations.waiting import wait_for_signal
+from operations.waiting import sleep_for, wait_for_signal
 from operations.workflow import step
 
 
@@ -229,3 +229,41 @@ register_kind(Kind(
     build=lambda p: chain(group(add.si(1, 2), add.si(3, 4)), count_results.s()),
     recovery=AUTO_RECOVERY,
 ))
+
+
+# --- time in the workflow (issue 15) ----------------------------------------------------------
+
+# sleepy: 1 + 1, a durable sleep of ``seconds``, then + 1.
+class SleepForm(KindForm):
+    seconds = forms.FloatField(min_value=0, max_value=3600, initial=30)
+
+
+register_kind(Kind(
+    name="tests.sleepy", label="Sleeps between two steps (tests)", form=SleepForm,
+    build=lambda p: chain(add.s(1, 1), sleep_for(p["seconds"]), add.s(1)),
+))
+
+
+# napping: 1 + 1, then a step that sleeps in its worker process (no pause point) for ``seconds``,
+# only while the file ``hold`` (tap-hold-*) exists — the API fuzzer cannot make one — then + 1.
+@step(name="tests.nap", atomic=False)
+def nap(carry, seconds, hold):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and Path(hold).name.startswith("tap-hold-") and Path(hold).is_file():
+        time.sleep(0.05)
+    return carry
+
+
+class NapForm(KindForm):
+    seconds = forms.FloatField(min_value=0, max_value=3600)
+    hold = forms.CharField(max_length=500)
+
+
+register_kind(Kind(
+    name="tests.napping", label="Naps inside a step (tests)", form=NapForm,
+    build=lambda p: chain(add.s(1, 1), nap.s(p["seconds"], p["hold"]), add.s(1)),
+))
+# Its step may take 1.5 s, and a deadline cancels it (the kind's own choice).
+register_kind(dataclasses.replace(get_kind("tests.napping"), name="tests.napping_limited",
+                                  label="Naps, with a step time limit (tests)", step_time_limit=1.5,
+                                  on_deadline="cancel"))

@@ -6,6 +6,7 @@ Thin: parse, call a service or selector, print. Errors go to stderr with a non-z
 import json
 import sys
 import time
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from operations import selectors, services
@@ -37,6 +39,14 @@ class Command(BaseCommand):
         start.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
         start.add_argument("--file", help="a file for kinds that read one (csv_import, csv_summary)")
         start.add_argument("--owner", metavar="USERNAME")
+        start.add_argument("--idempotency-key", metavar="KEY",
+                           help="a start made again with the same key (and owner) prints the operation it "
+                                "started then instead of starting another")
+        start.add_argument("--deadline", type=float, metavar="SECONDS",
+                           help="end it (as its kind says: failed or cancelled) if it has not ended this long "
+                                "after its start; default: the kind's")
+        start.add_argument("--pause-window", metavar="HH:MM-HH:MM",
+                           help='never run between these times of day, e.g. "08:00-18:00" (beat pauses and resumes it)')
         start.add_argument("--json", action="store_true")
 
         listing = verbs.add_parser("list", help="list operations, newest first")
@@ -56,6 +66,13 @@ class Command(BaseCommand):
             sub.add_argument("id", type=int)
             if verb == "approve":
                 sub.add_argument("--payload", metavar="JSON", help="carried into the next step (JSON)")
+            if verb == "pause":
+                sub.add_argument("--resume-at", metavar="TIME", help="beat resumes it then (ISO 8601)")
+                sub.add_argument("--resume-in", type=float, metavar="SECONDS", help="beat resumes it this much later")
+            if verb == "resume":
+                sub.add_argument("--at", metavar="TIME", help="leave it paused; beat resumes it then (ISO 8601)")
+                sub.add_argument("--in", dest="in_seconds", type=float, metavar="SECONDS",
+                                 help="leave it paused; beat resumes it this much later")
             if verb in self.SETTLED:
                 sub.add_argument("--wait", action="store_true", help=f"wait until the worker obeys the {verb}")
                 sub.add_argument("--timeout", type=float, default=120.0)
@@ -80,6 +97,31 @@ class Command(BaseCommand):
                           help="leave out remaining step N")
         edit.add_argument("--step", action="append", default=[], metavar="JSON",
                           help='one step\'s edit, e.g. \'{"step": 5, "kwargs": {"y": 3}}\'')
+
+        purge = verbs.add_parser("purge", help="delete finished operations older than an age, with their "
+                                               "events and stored rows (whatever TAP_RETENTION says)")
+        purge.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                           help="ended more than this many days ago (fractions allowed: 0.5 is 12 hours)")
+        purge.add_argument("--status", action="append", choices=["completed", "cancelled", "failed"],
+                           help="only these (default: all three finished statuses)")
+        purge.add_argument("--kind", action="append", help="only these kinds")
+        purge.add_argument("--dry-run", action="store_true", help="count what it would delete; delete nothing")
+
+        schedules = verbs.add_parser("schedules", help="operations started on a schedule (beat)")
+        what = schedules.add_subparsers(dest="schedule_verb", required=True, metavar="VERB")
+        listing_schedules = what.add_parser("list", help="the schedules, their timing and what they did last")
+        listing_schedules.add_argument("--json", action="store_true")
+        add = what.add_parser("add", help="a schedule that starts KIND at each firing")
+        add.add_argument("name")
+        add.add_argument("kind")
+        timing = add.add_mutually_exclusive_group(required=True)
+        timing.add_argument("--crontab", metavar='"M H DOM MON DOW"', help='e.g. "*/5 * * * *" (in TIME_ZONE)')
+        timing.add_argument("--every", type=float, metavar="SECONDS")
+        add.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+        add.add_argument("--owner", metavar="USERNAME", help="owns what it starts (their quota applies)")
+        for schedule_verb in ("show", "pause", "resume", "delete"):
+            one = what.add_parser(schedule_verb, help=f"{schedule_verb} one schedule")
+            one.add_argument("name", help="its name (or id)")
 
         count = verbs.add_parser("count", help="how many data rows the operation has stored right now")
         count.add_argument("id", type=int)
@@ -118,7 +160,8 @@ class Command(BaseCommand):
                 option = "--file PATH" if param["type"] == "file" else f"--param {param['name']}=…"
                 self.stdout.write(f"    {option}{required}{default}  {param['help']}")
 
-    def do_start(self, kind, param, file, owner, json, **options):
+    def do_start(self, kind, param, file, owner, json, idempotency_key=None, deadline=None, pause_window=None,
+                 **options):
         params = dict(_name_value(item) for item in param)
         files = None
         if file:
@@ -132,11 +175,14 @@ class Command(BaseCommand):
             if owner_user is None:
                 raise CommandError(f"--owner {owner}: no such user")
         try:
-            operation = services.operation_start(kind=kind, params=params, owner=owner_user,
-                                                 actor=services.CLI, files=files)
+            operation, created = services.operation_start_once(
+                kind=kind, params=params, owner=owner_user, actor=services.CLI, files=files,
+                idempotency_key=idempotency_key, deadline=deadline, pause_window=pause_window)
         finally:
             if files:
                 files["file"].close()
+        if not created:
+            self.stderr.write(f"operation {operation.pk} was started before with idempotency key {idempotency_key!r}")
         if json:
             self._json(OperationSerializer(operation).data)
         else:
@@ -180,6 +226,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING(f"  warning:  {data['silence']}"))
         if data["resume_at"]:
             self.stdout.write(f"  resumes:  by itself at {data['resume_at']} (beat)")
+        if data["deadline_at"] and operation.status not in (Status.COMPLETED, Status.CANCELLED):
+            self.stdout.write(f"  deadline: {data['deadline_at']} (beat ends it then if it has not ended)")
         if operation.result is not None:
             self.stdout.write(f"  result:   {_dumps(operation.result)}")
         if operation.error:
@@ -201,8 +249,14 @@ class Command(BaseCommand):
 
     def do_user_verb(self, verb, id, wait=False, timeout=120.0, payload=None, **options):
         """pause, resume, cancel, retry, …: through the services' one verb table."""
+        resume_at = _time_arg(options.get("resume_at"), options.get("resume_in"), "--resume-at", "--resume-in")
+        at = _time_arg(options.get("at"), options.get("in_seconds"), "--at", "--in")
         if payload is not None:  # approve with what the next step gets
             operation = services.operation_approve(operation=id, actor=services.CLI, payload=_json_arg(payload))
+        elif resume_at is not None:
+            operation = services.operation_pause(operation=id, actor=services.CLI, resume_at=resume_at)
+        elif at is not None:
+            operation = services.operation_resume(operation=id, actor=services.CLI, at=at)
         else:
             operation = services.operation_apply(verb, operation=id, actor=services.CLI)
         self._report(operation, verb)
@@ -231,6 +285,61 @@ class Command(BaseCommand):
             self._json(OperationSerializer(fork).data)
         else:
             self.stdout.write(str(fork.pk))
+
+    def do_purge(self, older_than, status, kind, dry_run, **options):
+        outcome = services.operations_purge(older_than=timedelta(days=older_than), statuses=status, kinds=kind,
+                                            dry_run=dry_run, actor=services.CLI)
+        parts = ", ".join(f"{n} {what}" for what, n in outcome.operations.items() if n) or "none"
+        said = "would delete" if dry_run else "deleted"
+        self.stdout.write(f"{said} {outcome.total} operation(s) ({parts}) with {outcome.events} event(s)")
+
+    def do_schedules(self, schedule_verb, **options):
+        from operations import schedules
+        from operations.models import Schedule
+
+        if schedule_verb == "list":
+            rows = [{"id": s.pk, "name": s.name, "kind": s.kind, "params": s.params,
+                     "owner": s.owner.username if s.owner else None, "timing": schedules.describe_timing(s),
+                     "paused": s.paused, "fired": s.fired, "refused": s.refused, "last_outcome": s.last_outcome}
+                    for s in Schedule.objects.select_related("owner", "periodic_task__interval", "periodic_task__crontab")]
+            if options["json"]:
+                self._json(rows)
+                return
+            for row in rows:
+                state = "paused" if row["paused"] else "on"
+                self.stdout.write(f"{row['id']:>4}  {row['name']:<24} {row['kind']:<14} {row['timing']:<32} {state:<6} "
+                                  f"fired {row['fired']}, refused {row['refused']}  {row['last_outcome']}")
+            return
+        if schedule_verb == "add":
+            owner = None
+            if options["owner"]:
+                owner = get_user_model().objects.filter(username=options["owner"]).first()
+                if owner is None:
+                    raise CommandError(f"--owner {options['owner']}: no such user")
+            made = schedules.schedule_create(
+                name=options["name"], kind=options["kind"], params=dict(_name_value(p) for p in options["param"]),
+                owner=owner, actor=services.CLI, crontab=options["crontab"], every=options["every"])
+            self.stdout.write(str(made.pk))
+            return
+        name = options["name"]
+        found = Schedule.objects.filter(pk=int(name)).first() if name.isdigit() else None
+        found = found or Schedule.objects.filter(name=name).first()
+        if found is None:
+            raise CommandError(f"no schedule named {name!r}")
+        if schedule_verb == "show":
+            self.stdout.write(f"Schedule {found.pk} · {found.name} · {found.kind} · {schedules.describe_timing(found)}"
+                              f" · {'paused' if found.paused else 'on'}")
+            for operation in found.operations.order_by("-created_at")[:20]:
+                self.stdout.write(f"  operation {operation.pk}  {label(operation.status):<16} {operation.created_at:%Y-%m-%d %H:%M:%S}")
+            for event in found.events.order_by("-at", "-id")[:20]:
+                self.stdout.write(f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<8} {event.note}")
+            return
+        if schedule_verb == "delete":
+            schedules.schedule_delete(schedule=found, actor=services.CLI)
+            self.stdout.write(f"schedule {found.name}: deleted")
+            return
+        changed = getattr(schedules, f"schedule_{schedule_verb}")(schedule=found, actor=services.CLI)
+        self.stdout.write(f"schedule {changed.name}: {'paused' if changed.paused else 'on'}")
 
     def do_count(self, id, **options):
         operation = selectors.operation_get(operation_id=id)
@@ -284,6 +393,17 @@ class Command(BaseCommand):
 #: How ``show --watch`` ends: 0 only when the operation completed.
 WATCH_EXIT_CODES = {Status.COMPLETED: 0, Status.FAILED: 1, Status.CANCELLED: 3, Status.PAUSED: 4,
                     Status.INTERRUPTED: 4}
+
+
+def _time_arg(at, seconds, at_flag, in_flag):
+    """A planned time from ``--…-at TIME`` or ``--…-in SECONDS`` (not both); None if neither."""
+    if at is not None and seconds is not None:
+        raise CommandError(f"give {at_flag} or {in_flag}, not both")
+    if seconds is not None:
+        if seconds <= 0:
+            raise CommandError(f"{in_flag} {seconds:g}: give a number of seconds above 0")
+        return timezone.now() + timedelta(seconds=seconds)
+    return at
 
 
 def _json_arg(text):
