@@ -152,9 +152,11 @@ def loop_in_chunks(ctx, total, chunk, delay=0.0):
 
 
 class LooperForm(KindForm):
-    total = forms.IntegerField(min_value=1)
-    chunk = forms.IntegerField(min_value=1)
-    delay = forms.FloatField(required=False, initial=0.0)
+    # Bounded: the API fuzzer starts it with whatever the schema allows, and one chunk is one write
+    # transaction — SQLite's only one — for as long as it takes.
+    total = forms.IntegerField(min_value=1, max_value=1_000_000)
+    chunk = forms.IntegerField(min_value=1, max_value=10_000)
+    delay = forms.FloatField(required=False, initial=0.0, min_value=0, max_value=5)
 
 
 register_kind(Kind(
