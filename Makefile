@@ -117,6 +117,7 @@ bench-smoke: install-bench
 bench-smoke-chains: install-bench
 	$(BIN)/python bench/overhead.py --steps 20 --rounds 1 --count-steps 10 30
 	$(BIN)/python bench/peers.py --steps 20 --rows 20000 --rounds 1 --count-steps 10 30
+	$(BIN)/python bench/retention.py --operations 2000 --rows 20000 --steps 100 --baseline 2
 
 bench-smoke-rest: install-bench
 	$(BIN)/python bench/import_csv.py --rows 20000 --rounds 1

@@ -32,6 +32,7 @@ It drops and recreates the database ``tapbench_retention`` and flushes Redis db 
 """
 
 import argparse
+import bisect
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from common import (
@@ -76,7 +78,9 @@ def child(batch):
     """Run in a subprocess: set up Django, say "ready", wait for a line, retain, print the outcome.
 
     Statements are only looked at (no copy kept): each batch's ``SELECT … FOR UPDATE`` and the
-    next id query after its commit give the batch's transaction time."""
+    next id query after its commit give the batch's transaction time, and the row counts of its
+    DELETEs of records the rows it deleted. Times are ``perf_counter()``, CLOCK_MONOTONIC on
+    Linux: the same clock as the bench process's."""
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -84,17 +88,24 @@ def child(batch):
     from django.db import connection
 
     from operations import services
+    from operations.contrib.demo.models import Record
     from operations.models import Operation
 
     Operation.objects.filter(services.retention_due()).exists()  # warm: imports, the connection
-    locks, fetches = [], []
+    locks, fetches, records = [], [], []
+    deleting_records = f"DELETE FROM {connection.ops.quote_name(Record._meta.db_table)} "
 
     def watch(execute, sql, params, many, context):
+        now = time.perf_counter()
+        result = execute(sql, params, many, context)
         if "FOR UPDATE" in sql:
-            locks.append(time.perf_counter())
+            locks.append(now)
+            records.append(0)
         elif sql.startswith("SELECT") and " LIMIT " in sql and '"finished_at"' in sql:
-            fetches.append(time.perf_counter())
-        return execute(sql, params, many, context)
+            fetches.append(now)
+        elif sql.startswith(deleting_records) and records:
+            records[-1] += max(0, context["cursor"].rowcount)
+        return result
 
     print(json.dumps({"ready": True, "backend_pid": connection.connection.info.backend_pid}), flush=True)
     sys.stdin.readline()
@@ -102,10 +113,10 @@ def child(batch):
     with connection.execute_wrapper(watch):
         outcome = services.operations_retain(batch=batch)
     ended = time.perf_counter()
-    batches = []
-    for lock in locks:
+    batches = []  # (start, seconds, records deleted)
+    for lock, rows in zip(locks, records):
         after = [t for t in fetches if t > lock]
-        batches.append((after[0] if after else ended) - lock)
+        batches.append((lock, (after[0] if after else ended) - lock, rows))
     print(json.dumps({"seconds": ended - started, "operations": outcome.operations, "events": outcome.events,
                       "total": outcome.total, "batches": batches}), flush=True)
 
@@ -167,8 +178,8 @@ class Retention:
 
 class Sampler(threading.Thread):
     """Every 50 ms: the retention process's RSS (while ``rss_on``), and from pg_stat_activity the
-    retention backend's open transaction and every other backend of the database waiting for a
-    lock (with how long its statement has run)."""
+    retention backend's open transaction, every other backend of the database waiting for a lock
+    (with how long its statement has run), and what each active backend waits for."""
 
     def __init__(self, pid):
         import psutil
@@ -178,7 +189,10 @@ class Sampler(threading.Thread):
         self.retention_backend = None
         self.rss = []  # (t, bytes)
         self.rss_on = threading.Event()
-        self.lock_waits = []  # (t, pid, seconds its statement has been waiting, what it runs)
+        #: (t, pid, seconds its statement has run, what it runs, whether the retention blocks it)
+        self.lock_waits = []
+        #: (t, whether it is the retention's backend, "wait_event_type:wait_event") of active backends
+        self.waits = []
         self.longest_xact = 0.0
         self.stop = threading.Event()
 
@@ -196,13 +210,17 @@ class Sampler(threading.Thread):
                         pass
                 rows = conn.execute(
                     "SELECT pid, wait_event_type, extract(epoch FROM now() - query_start), "
-                    "extract(epoch FROM now() - xact_start), left(query, 80) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()", [DB]).fetchall()
-                for pid, wait, running_for, in_xact, query in rows:
+                    "extract(epoch FROM now() - xact_start), left(query, 80), pg_blocking_pids(pid), "
+                    "wait_event, state FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [DB]).fetchall()
+                for pid, wait, running_for, in_xact, query, blockers, event, state in rows:
+                    if state == "active" and wait not in (None, "Client", "Activity"):
+                        self.waits.append((now, pid == self.retention_backend, f"{wait}:{event}"))
                     if pid == self.retention_backend:
                         self.longest_xact = max(self.longest_xact, float(in_xact or 0))
                     elif wait == "Lock":
-                        self.lock_waits.append((now, pid, float(running_for or 0), query))
+                        self.lock_waits.append((now, pid, max(0.0, float(running_for or 0)), query,
+                                                self.retention_backend in (blockers or [])))
                 self.stop.wait(SAMPLE)
 
 
@@ -262,10 +280,10 @@ def insert_operations(cursor, first, last, *, age):
     cursor.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(values)} "
                    f"FROM generate_series(%s, %s) AS g", params + [first, last])
     events = OperationEvent._meta.db_table
-    cursor.execute(f"INSERT INTO {events} (operation_id, at, actor, actor_user_id, via, from_status, to_status, note) "
-                   f"SELECT id, started_at, 'cli', NULL, 'cli', '', 'running', 'started' FROM {table} "
+    cursor.execute(f"INSERT INTO {events} (operation_id, at, actor, via, from_status, to_status, note) "
+                   f"SELECT id, started_at, 'cli', 'cli', '', 'running', 'started' FROM {table} "
                    f"WHERE id BETWEEN %s AND %s UNION ALL "
-                   f"SELECT id, finished_at, 'worker', NULL, 'worker', 'running', status, 'finished' FROM {table} "
+                   f"SELECT id, finished_at, 'worker', 'worker', 'running', status, 'finished' FROM {table} "
                    f"WHERE id BETWEEN %s AND %s", [first, last, first, last])
     cursor.execute(f"INSERT INTO {StepBoundary._meta.db_table} (operation_id, step_index, carry) "
                    f"SELECT id, 2, '160'::jsonb FROM {table} WHERE id BETWEEN %s AND %s", [first, last])
@@ -399,7 +417,7 @@ class Tracker(threading.Thread):
 def cycle(tracker, cycles):
     """One pause + resume of the running operation: the pause call, until the row says paused
     (5 s at most), the resume call. Appends (start, pause call s, until paused s or None, resume
-    call s, (held-paused window)) to ``cycles``."""
+    call s, (held-paused window) or None, the time the resume call returned) to ``cycles``."""
     from operations.exceptions import TransitionRefused
     from operations.models import Operation
     from operations.services import operation_pause, operation_resume
@@ -429,7 +447,7 @@ def cycle(tracker, cycles):
         pass
     resumed = time.perf_counter()
     cycles.append((started, paused_call, None if obeyed is None else obeyed - started, resumed - before_resume,
-                   (obeyed, resumed) if obeyed is not None else None))
+                   (obeyed, resumed) if obeyed is not None else None, resumed))
 
 
 def cycles_for(tracker, cycles, *, seconds=None, until=None, timeout=None):
@@ -463,6 +481,13 @@ def step_gaps(advances, held):
         overlap = sum(max(0.0, min(t1, b) - max(t0, a)) for a, b in held if a < t1 and b > t0)
         gaps.append((t0, t1, t1 - t0 - overlap))
     return gaps
+
+
+def touches_a_cycle(start, end, cycles, starts):
+    """Whether the gap start..end overlaps a pause + resume cycle (from the pause call until the
+    resume call returned); ``cycles`` in order, never overlapping, ``starts`` their start times."""
+    last = bisect.bisect_left(starts, end) - 1
+    return last >= 0 and cycles[last][5] > start
 
 
 def in_window(start, end, window):
@@ -535,6 +560,8 @@ def main(argv=None):
                 if tracker.error:
                     raise RuntimeError(f"the running operation: {tracker.error}")
                 time.sleep(0.01)
+            else:
+                raise TimeoutError(f"the running operation made no step in 30 s: see {worker.log_path}")
             retention = Retention(options.batch)
             sampler = Sampler(retention.proc.pid)
             sampler.start()
@@ -572,7 +599,7 @@ def main(argv=None):
     rss = [b for _, b in sampler.rss] or [rss_start]
     peak = max(rss + [rss_start])
     growth = (peak - rss_start) / MB
-    batches = outcome["batches"]
+    batches = [seconds for _, seconds, _ in outcome["batches"]]
     print(f"\nretention: {outcome['seconds']:.1f} s, deleted {outcome['total']:,} operations "
           f"({', '.join(f'{v:,} {k}' for k, v in outcome['operations'].items())}) and {outcome['events']:,} events, "
           f"in {len(batches)} transactions of ≤ {batch} operations "
@@ -590,34 +617,59 @@ def main(argv=None):
     print(f"\nrunning: {len(tracker.finished)} arithmetic operations of {options.steps} steps × {options.delay} s "
           f"back to back, {sum(ok for *_, ok in tracker.finished)} completed with the right result; "
           f"a pause + resume every {CYCLE_EVERY} s ({len(cycles)} cycles)")
-    figures = {}
+    figures, starts = {}, [c[0] for c in cycles]
     for name, spans in windows.items():
         length = sum(b - a for a, b in spans)
-        g = [s for a, b, s in gaps if any(in_window(a, b, w) for w in spans)]
+        inside = [(a, b, s) for a, b, s in gaps if any(in_window(a, b, w) for w in spans)]
+        g = [s for _, _, s in inside]
+        away = [s for a, b, s in inside if not touches_a_cycle(a, b, cycles, starts)]
         c = [x for x in cycles if any(w[0] <= x[0] < w[1] for w in spans)]
         obeyed = [x[2] for x in c if x[2] is not None]
         waits = [w for w in sampler.lock_waits if any(a <= w[0] <= b for a, b in spans)]
         figures[name] = {
             "seconds": length, "advances": len(g), "max gap": max(g, default=None),
             "p99 gap": sorted(g)[int(0.99 * (len(g) - 1))] if g else None,
+            "max gap away": max(away, default=None), "gaps over 0.5 s": sum(1 for x in g if x > 0.5),
             "cycles": len(c), "max pause call": max((x[1] for x in c), default=None),
             "max until paused": max(obeyed, default=None), "max resume call": max((x[3] for x in c), default=None),
             "not obeyed in 5 s": sum(1 for x in c if x[2] is None),
             "lock waits": len(waits), "longest lock wait": max((w[2] for w in waits), default=None),
+            "blocked by retention": sum(1 for w in waits if w[4]),
         }
     base, ret = figures["without retention"], figures["during retention"]
     print(f"{'':32} {'without retention':>18} {'during retention':>17} {'ratio':>7}")
     print(f"{'measured for (s)':32} {base['seconds']:>18.1f} {ret['seconds']:>17.1f}")
-    for key, label in (("max gap", "max step gap (ms)"), ("p99 gap", "p99 step gap (ms)"),
+    for key, label in (("max gap", "max step gap (ms)"), ("max gap away", "  … away from pause cycles (ms)"),
+                       ("p99 gap", "p99 step gap (ms)"),
                        ("max pause call", "max pause call (ms)"), ("max until paused", "max pause → paused (ms)"),
                        ("max resume call", "max resume call (ms)"), ("longest lock wait", "longest lock wait (ms)")):
         ratio = f"{ret[key] / base[key]:.2f}×" if ret[key] and base[key] else ""
         print(f"{label:32} {ms(base[key]):>18} {ms(ret[key]):>17} {ratio:>7}")
-    for key, label in (("advances", "step gaps measured"), ("cycles", "pause + resume cycles"),
-                       ("not obeyed in 5 s", "pauses not obeyed in 5 s"), ("lock waits", "lock-wait samples (others)")):
+    for key, label in (("advances", "step gaps measured"), ("gaps over 0.5 s", "step gaps over 0.5 s"),
+                       ("cycles", "pause + resume cycles"),
+                       ("not obeyed in 5 s", "pauses not obeyed in 5 s"), ("lock waits", "lock-wait samples (others)"),
+                       ("blocked by retention", "  … blocked by the retention")):
         print(f"{label:32} {base[key]:>18} {ret[key]:>17}")
-    for t, pid, seconds, query in sampler.lock_waits[:5]:
-        print(f"  lock wait: backend {pid}, {seconds * 1000:.0f} ms: {query}")
+    for t, pid, seconds, query, by_retention in sorted(sampler.lock_waits, key=lambda w: -w[2])[:3]:
+        print(f"  longest lock waits: backend {pid}, {seconds * 1000:.0f} ms"
+              f"{' (behind the retention)' if by_retention else ''}: {query}")
+    for name, spans in windows.items():
+        seen = Counter(w for t, own, w in sampler.waits if not own and any(a <= t <= b for a, b in spans))
+        print(f"what the other backends waited for, {name} (samples): "
+              f"{', '.join(f'{k} {v}' for k, v in seen.most_common(6)) or 'nothing'}")
+    seen = Counter(w for t, own, w in sampler.waits if own)
+    print(f"what the retention's backend waited for (samples): "
+          f"{', '.join(f'{k} {v}' for k, v in seen.most_common(6)) or 'nothing'}")
+    long_gaps = [(a, b, s) for a, b, s in gaps if s > 0.5 and in_window(a, b, during)]
+    for a, b, s in sorted(long_gaps, key=lambda g: -g[2])[:10]:
+        near = [(i, sec, rows) for i, (start, sec, rows) in enumerate(outcome["batches"]) if start < b and start + sec > a]
+        last = bisect.bisect_left(starts, b) - 1
+        in_cycle = touches_a_cycle(a, b, cycles, starts)
+        print(f"  step gap of {s * 1000:.0f} ms at +{a - during[0]:.1f} s"
+              + (f", in a pause cycle (pause call {ms(cycles[last][1])}, until paused {ms(cycles[last][2])}, "
+                 f"resume call {ms(cycles[last][3])} ms)" if in_cycle else ", away from the pause cycles")
+              + "; retention batches meanwhile: "
+              + (", ".join(f"#{i + 1} {sec * 1000:.0f} ms, {rows:,} records" for i, sec, rows in near) or "none"))
 
     verdicts = Verdicts()
     verdicts(growth < RSS_TARGET_MB, f"retention process RSS growth: {growth:.1f} MB (target < {RSS_TARGET_MB} MB)")
@@ -626,7 +678,10 @@ def main(argv=None):
     verdicts(worst < WAIT_TARGET_S and not ret["not obeyed in 5 s"] and ret["advances"] > 0 and ret["cycles"] > 0,
              f"longest wait of the running operation during retention: {worst * 1000:.0f} ms (step gap "
              f"{ms(ret['max gap'])}, pause call {ms(ret['max pause call'])}, until paused "
-             f"{ms(ret['max until paused'])}, resume call {ms(ret['max resume call'])} ms; target < 1 s)")
+             f"{ms(ret['max until paused'])}, resume call {ms(ret['max resume call'])} ms; "
+             f"{ret['blocked by retention']} lock-wait samples behind the retention's locks; target < 1 s; "
+             f"without retention {ms(base['max gap'])} / {ms(base['max pause call'])} / {ms(base['max until paused'])} / "
+             f"{ms(base['max resume call'])} ms)")
     expected_outcome = dict(by_status)
     all_gone = not any(due_after.values()) and kept_after == kept_before
     outcome_right = outcome["operations"] == expected_outcome and outcome["events"] == 2 * n
