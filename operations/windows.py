@@ -2,7 +2,8 @@
 
 Beat's reconciler pauses a running operation whose window (its own, else its kind's) is open,
 with a planned resume at the time it closes (``operations.services.operations_keep_windows``).
-A window may wrap midnight ("22:00-06:00").
+A window may wrap midnight ("22:00-06:00"); one that opens when it closes ("08:00-08:00") is
+empty: it never opens.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ def parse_window(text: str) -> tuple[time, time]:
     match = WINDOW.match(text.strip()) if isinstance(text, str) else None
     if not match:
         raise ValueError(f'a pause window is "HH:MM-HH:MM" (24-hour, e.g. "08:00-18:00"), not {text!r:.40}')
-    opens, closes = time(int(match[1]), int(match[2])), time(int(match[3]), int(match[4]))
-    if opens == closes:
-        raise ValueError(f"a pause window opens and closes at different times, not both at {opens:%H:%M}")
-    return opens, closes
+    return time(int(match[1]), int(match[2])), time(int(match[3]), int(match[4]))
 
 
 def window_closes(text: str, now: datetime | None = None) -> datetime | None:
     """When the window ``text`` closes if it is open at ``now``; None if it is not open."""
     opens, closes = parse_window(text)
+    if opens == closes:  # empty
+        return None
     local = timezone.localtime(now or timezone.now())
     today_open = local.replace(hour=opens.hour, minute=opens.minute, second=0, microsecond=0)
     today_close = local.replace(hour=closes.hour, minute=closes.minute, second=0, microsecond=0)

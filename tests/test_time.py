@@ -352,7 +352,8 @@ def test_window_times_and_refusals():
     assert window_closes("22:00-06:00", at(23)) == at(6) + timedelta(days=1)  # wraps midnight
     assert window_closes("22:00-06:00", at(3)) == at(6)
     assert window_closes("22:00-06:00", at(12)) is None
-    for bad in ("8-18", "08:00-24:00", "08:00-08:00", "", None):
+    assert window_closes("08:00-08:00", at(8)) is None  # empty: it never opens
+    for bad in ("8-18", "08:00-24:00", "", None):
         with pytest.raises(ValueError, match="pause window"):
             parse_window(bad)
 
