@@ -76,6 +76,16 @@ class OperationPage(PageNumberPagination):
     def get_page_size(self, request: Any) -> int:
         return conf.API_PAGE_SIZE
 
+    def get_page_number(self, request: Any, paginator: Any) -> Any:
+        """A page that is not a whole number (``?page=x``, ``?page=``, or ``page`` twice) is a 400
+        naming it; DRF would read the last value and answer page 1 for an empty one."""
+        values = request.query_params.getlist(self.page_query_param)
+        if len(values) > 1:
+            raise ValidationError({self.page_query_param: ["give one page"]})
+        if values and not (values[0].isascii() and values[0].isdigit()) and values[0] not in self.last_page_strings:
+            raise ValidationError({self.page_query_param: [f"{values[0]!r} is not a page number (1, 2, …)"]})
+        return super().get_page_number(request, paginator)
+
 
 def described(**kwargs: Any) -> Any:
     """drf-spectacular's ``extend_schema``, built on its AutoSchema whatever the host's
@@ -178,7 +188,36 @@ def error_response(exc: services.OperationError, **extra: Any) -> Response:
     return Response(body, status=http_status_for(exc))
 
 
-class StartSerializer(serializers.Serializer):
+class ClosedSerializer(serializers.Serializer):
+    """A body whose unknown fields are refused, each named: a misspelt option that is silently
+    ignored (``idempotency_keys``, ``resumeat``) does something else than what was asked. Its
+    schema says so too (``additionalProperties: false``, in ``typed_starts``)."""
+
+    def allowed_extras(self) -> set[str]:
+        """Names a body may carry beside its fields: a multipart start's file fields."""
+        return set(self.context.get("extra_fields", ()))
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) or hasattr(data, "keys"):
+            known = set(self.fields)
+            unknown = sorted(str(name) for name in data.keys() if name not in known and name not in self.allowed_extras())
+            if unknown:
+                expected = ", ".join(sorted(known))
+                raise ValidationError({name: [f"unknown field; expected one of: {expected}"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def closed_component_names() -> set[str]:
+    """The schema components of the closed bodies, named as drf-spectacular names serializers."""
+    names, todo = set(), [ClosedSerializer]
+    while todo:
+        for subclass in todo.pop().__subclasses__():
+            names.add(subclass.__name__.removesuffix("Serializer"))
+            todo.append(subclass)
+    return names
+
+
+class StartSerializer(ClosedSerializer):
     """The body of a start. Its schema is typed per kind (``typed_starts``); in JSON the params
     are checked against their kind's schema (operations.paramschema) before the kind's form."""
 
@@ -211,13 +250,13 @@ class StartSerializer(serializers.Serializer):
         return value
 
 
-class PauseSerializer(serializers.Serializer):
+class PauseSerializer(ClosedSerializer):
     """The body of a pause (optional): when beat resumes it by itself."""
 
     resume_at = serializers.DateTimeField(required=False, help_text="ISO 8601, within a year.")
 
 
-class ResumeSerializer(serializers.Serializer):
+class ResumeSerializer(ClosedSerializer):
     """The body of a resume (optional): leave a paused operation paused and resume it then."""
 
     at = serializers.DateTimeField(required=False, help_text="ISO 8601, within a year; left out: now.")
@@ -234,7 +273,7 @@ START_OPTIONS = {
 }
 
 
-class ForkSerializer(serializers.Serializer):
+class ForkSerializer(ClosedSerializer):
     """The body of a fork: the step (1-based, as the pages number them) the new operation starts at."""
 
     from_step = serializers.IntegerField(min_value=1, help_text="A step the operation reached "
@@ -251,7 +290,7 @@ class NonBlankText(serializers.CharField):
     """A name (a query parameter, a signal's): not blank, no NUL characters, and the schema says so."""
 
 
-class ApproveSerializer(serializers.Serializer):
+class ApproveSerializer(ClosedSerializer):
     """The body of an approve (optional): what the next step gets as the carried value."""
 
     payload = serializers.JSONField(required=False, allow_null=True,
@@ -264,20 +303,20 @@ class SignalSerializer(ApproveSerializer):
     name = NonBlankText(max_length=100, help_text="The signal's name (what `waiting_for` says).")
 
 
-class StepEditSerializer(serializers.Serializer):
+class StepEditSerializer(ClosedSerializer):
     """One remaining step's edit: its arguments or task, or leave it out."""
 
     step = serializers.IntegerField(min_value=1, help_text="The step (1-based) to change; one not run yet.")
-    task = serializers.CharField(required=False, help_text="Another registered operation step.")
-    args = serializers.ListField(required=False, child=serializers.JSONField())
-    kwargs = serializers.DictField(required=False, child=serializers.JSONField())
+    task = NonBlankText(required=False, help_text="Another registered operation step.")
+    args = serializers.ListField(required=False, child=serializers.JSONField(allow_null=True))
+    kwargs = serializers.DictField(required=False, child=serializers.JSONField(allow_null=True))
     skip = serializers.BooleanField(required=False, help_text="Leave the step out.")
 
 
-class EditSerializer(serializers.Serializer):
+class EditSerializer(ClosedSerializer):
     """The body of an edit of a paused operation (``operations.operation_edit``)."""
 
-    params = serializers.DictField(required=False, child=serializers.JSONField(),
+    params = serializers.DictField(required=False, child=serializers.JSONField(allow_null=True),
                                    help_text="New values of the kind's editable parameters.")
     steps = StepEditSerializer(many=True, required=False)
 
@@ -342,7 +381,7 @@ class OperationViewSet(AppAPIView, mixins.ListModelMixin, mixins.RetrieveModelMi
     @described(request=StartSerializer, responses={201: OperationSerializer, 200: OperationSerializer, 400: ErrorSerializer,
                                                        409: ErrorSerializer, 413: ErrorSerializer, **REFUSALS})
     def create(self, request):
-        start = StartSerializer(data=request.data)
+        start = StartSerializer(data=request.data, context={"extra_fields": request.FILES.keys()})
         start.is_valid(raise_exception=True)
         if not request.FILES:  # a JSON body: the types its schema declares
             schema = paramschema.params_schema(get_kind(start.validated_data["kind"]).form)
@@ -502,7 +541,8 @@ def _component(prefix: str, kind_name: str) -> str:
 
 
 def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> dict:
-    """drf-spectacular postprocessing hook: a start's body typed per kind (a oneOf on ``kind``).
+    """drf-spectacular postprocessing hook: a start's body typed per kind (a oneOf on ``kind``),
+    and every closed body (``ClosedSerializer``) without room for other fields.
 
     In JSON, ``params`` has its kind's schema (operations.paramschema); with an upload (multipart),
     the kinds that take a file, the file, and ``params`` (JSON text) without what the file replaces.
@@ -513,7 +553,7 @@ def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> di
         params = paramschema.params_schema(kind.form)
         body = {"type": "object", "properties": {"kind": {"type": "string", "enum": [kind.name]}, "params": params,
                                                  **START_OPTIONS},
-                "required": ["kind", "params"] if params.get("required") else ["kind"]}
+                "required": ["kind", "params"] if params.get("required") else ["kind"], "additionalProperties": False}
         if kind.label:
             body["description"] = str(kind.label)
         json_variants[kind.name] = _component("Start", kind.name)
@@ -533,6 +573,7 @@ def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> di
                                   for name in uploads},
                                "params": upload_params, **START_OPTIONS},
                 "required": ["kind", *uploads],
+                "additionalProperties": False,
             }
 
     def one_of(variants: dict[str, str]) -> dict:
@@ -546,6 +587,9 @@ def typed_starts(result: dict, generator: Any, request: Any, public: bool) -> di
         schemas["StartUpload"] = one_of(upload_variants)
         content["multipart/form-data"] = {"schema": {"$ref": "#/components/schemas/StartUpload"},
                                           "encoding": {"params": {"contentType": "application/json"}}}
+    for name in closed_component_names() & set(schemas):
+        if "properties" in schemas[name]:  # not Start, the oneOf of the typed starts (closed above)
+            schemas[name]["additionalProperties"] = False
     for methods in result.get("paths", {}).values():
         for operation in methods.values():
             if operation.get("operationId") == "api_operations_create":

@@ -523,3 +523,43 @@ def test_the_admin_shows_a_batch_s_tasks_with_their_ids(people):
         reverse("admin:operations_operation_change", args=[operation.pk])).content.decode()
     assert "Group tasks" in page
     assert all(str(member_task_id(operation.pk, 0, i)) in page for i in range(3))
+
+
+def test_an_unknown_body_field_is_a_400_that_names_it_and_changes_nothing(people):
+    api = api_client(people["owner"])
+    before = Operation.objects.count()
+    response = api.post("/api/operations/", {"kind": "arithmetic", "params": {"steps": 2}, "idempotency_keys": "a"},
+                        format="json")
+    assert response.status_code == 400
+    assert "unknown field" in response.json()["errors"]["idempotency_keys"][0]
+    assert "idempotency_key" in response.json()["errors"]["idempotency_keys"][0]  # what it may have meant
+    assert Operation.objects.count() == before
+    operation = operation_in(Status.RUNNING, people["owner"])
+    response = api.post(f"/api/operations/{operation.pk}/pause/", {"resumeat": "2030-01-01T00:00:00Z"}, format="json")
+    assert response.status_code == 400 and list(response.json()["errors"]) == ["resumeat"]
+    assert Operation.objects.get(pk=operation.pk).status == Status.RUNNING
+    paused = operation_in(Status.PAUSED, people["owner"])
+    response = api.post(f"/api/operations/{paused.pk}/edit/", {"steps": [{"step": 3, "arg": [1]}]}, format="json")
+    assert response.status_code == 400 and "unknown field" in response.json()["errors"]["steps[0].arg"][0]
+    assert Operation.objects.get(pk=paused.pk).workflow == paused.workflow
+    # the schema says so, so generated clients and fuzzers know
+    schemas = api.get("/api/schema/?format=json").json()["components"]["schemas"]
+    for name in ("Pause", "Resume", "Fork", "Approve", "Signal", "Edit", "StepEdit", "StartArithmetic",
+                 "UploadCsvImport"):
+        assert schemas[name]["additionalProperties"] is False, name
+    # a multipart start's file field is not unknown: the start reads it
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = api.post("/api/operations/", {"kind": "csv_import", "file": SimpleUploadedFile("x.csv", b"id,name\n")},
+                      format="multipart")
+    assert "expected the header" in upload.json()["errors"]["file"][0]  # the file itself was read
+
+
+def test_a_page_that_is_not_a_number_is_a_400_naming_it(people):
+    api = api_client(people["owner"])
+    operation_in(Status.RUNNING, people["owner"])
+    assert api.get("/api/operations/?page=1").status_code == 200
+    for query in ("page=x", "page=", "page=1&page=", "page=-1"):
+        response = api.get(f"/api/operations/?{query}")
+        assert response.status_code == 400 and "page" in response.json()["errors"], query
+    assert api.get("/api/operations/?page=9").status_code == 404  # past the last, as in DRF
