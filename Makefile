@@ -37,10 +37,14 @@ setup: install
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" GUNICORN_BIND=127.0.0.1:$(PORT) $(BIN)/honcho start
 
-# The whole suite on the embedded default, then the real-service tests on PostgreSQL + Redis
-# and PostgreSQL + RabbitMQ. Under CI=true a test that would skip fails the run instead.
+# The whole suite on the embedded default beside the real-service tests on PostgreSQL + RabbitMQ
+# (test slot 1: a database and queue of its own), then those on PostgreSQL + Redis alone (its
+# faults restart PostgreSQL and Redis). Under CI=true a test that would skip fails the run instead.
 test: install
-	$(MAKE) --no-print-directory --keep-going test-sqlite test-pg-redis test-pg-rabbitmq
+	@status=0; \
+	$(MAKE) --no-print-directory --keep-going -j2 --output-sync=target test-sqlite test-pg-rabbitmq || status=1; \
+	$(MAKE) --no-print-directory test-pg-redis || status=1; \
+	exit $$status
 
 test-sqlite: install
 	TAP_TEST_BACKEND=sqlite-fs $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -49,7 +53,7 @@ test-pg-redis: install
 	TAP_TEST_BACKEND=pg-redis $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 test-pg-rabbitmq: install
-	TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+	TAP_TEST_SLOT=1 TAP_TEST_BACKEND=pg-rabbitmq $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 # Tests that take minutes of wall clock (a schedule firing every minute): CI runs them after `make test`.
 test-long: install

@@ -78,11 +78,13 @@ class OperationPage(PageNumberPagination):
 
     def get_page_number(self, request: Any, paginator: Any) -> Any:
         """A page that is not a whole number (``?page=x``, ``?page=``, or ``page`` twice) is a 400
-        naming it; DRF would read the last value and answer page 1 for an empty one."""
+        naming it; DRF would read the last value and answer page 1 for an empty one. A whole
+        number that is no page (0, -3, past the last) stays DRF's 404."""
         values = request.query_params.getlist(self.page_query_param)
         if len(values) > 1:
             raise ValidationError({self.page_query_param: ["give one page"]})
-        if values and not (values[0].isascii() and values[0].isdigit()) and values[0] not in self.last_page_strings:
+        number = values[0].removeprefix("-") if values else ""
+        if values and not (number.isascii() and number.isdigit()) and values[0] not in self.last_page_strings:
             raise ValidationError({self.page_query_param: [f"{values[0]!r} is not a page number (1, 2, …)"]})
         return super().get_page_number(request, paginator)
 

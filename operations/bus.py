@@ -1,4 +1,5 @@
-"""The SQL that writes ``Operation`` rows: one conditional UPDATE per write, row count checked.
+"""The SQL that writes ``Operation`` rows: one conditional UPDATE per write, row count checked
+(and the claim's read).
 
 Never read, check, save: each UPDATE names the statuses (and the run token / fence) it expects in
 its WHERE clause, and RETURNING tells the caller whether it won and from which status. Used only
@@ -103,6 +104,71 @@ def advance(operation_id, assignments, conditions, *, durable):
                f"ON CONFLICT (operation_id, step_index) DO UPDATE SET carry = excluded.carry RETURNING 1",
                [operation_id, index, carry])
         return status
+
+
+def select(operation_id, columns, conditions=(), column_params=()):
+    """``SELECT columns FROM … WHERE id = … AND conditions``, or None: the one read on the hot
+    path (a step's claim), with its SQL cached by shape as the UPDATEs' is. A column may be an
+    SQL expression, whose parameters are ``column_params``."""
+    shape = ("select", connection.vendor, tuple(columns), tuple(sql for sql, _ in conditions))
+    sql = _SQL_OF_SHAPE.get(shape)
+    if sql is None:
+        where = " AND ".join([f"{_q('id')} = %s", *(sql for sql, _ in conditions)])
+        sql = f"SELECT {', '.join(_q(c) if c.isidentifier() else c for c in columns)} FROM {_table()} WHERE {where}"
+        if len(_SQL_OF_SHAPE) >= _SHAPES_MAX:
+            _SQL_OF_SHAPE.clear()
+        _SQL_OF_SHAPE[shape] = sql
+    params = [*column_params, operation_id]
+    for _, values in conditions:
+        params += values
+    rows = _fetch(sql, params)
+    return rows[0] if rows else None
+
+
+def db_datetime(value):
+    """A datetime as a parameter of raw SQL: aware on PostgreSQL, naive UTC text on SQLite."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def can_overlap():
+    """Whether an advance can be sent without waiting for it (PostgreSQL, outside a transaction:
+    one statement that commits by itself)."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def advance_overlapped(operation_id, assignments, conditions, *, durable, during):
+    """``advance``, sent to the server without waiting for it; ``during()`` runs while the server
+    runs it (the publish of the next step's message), then its result is read. Returns the
+    status, or None (stale). Only where ``can_overlap()``.
+
+    Bypasses Django's cursor (its driver's connection, in Django's error classes): a cursor
+    cannot leave a statement in flight. The text is what Django's client-side binding sends."""
+    from psycopg import ClientCursor, errors, pq
+    from psycopg.generators import fetch_many, send
+
+    from .models import StepBoundary
+
+    sql, params = _update_sql(operation_id, assignments, conditions, ("status", "id", "step_index", "carry"), durable)
+    sql = _keeping_boundary(sql, _q(StepBoundary._meta.db_table))
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    driver = connection.connection
+    with connection.wrap_database_errors:
+        query = ClientCursor(driver).mogrify(sql, params)
+        driver.pgconn.send_query(query.encode(driver.info.encoding))
+        driver.wait(send(driver.pgconn))
+    try:
+        during()
+    finally:  # the result is read whatever happened meanwhile: the connection stays usable
+        with connection.wrap_database_errors:
+            results = driver.wait(fetch_many(driver.pgconn))
+            for result in results:
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    raise errors.error_from_result(result, encoding=driver.info.encoding)
+    rows = results[0] if results else None
+    if rows is None or rows.ntuples == 0:
+        return None
+    return rows.get_value(0, 0).decode()
 
 
 #: Statement shape → its SQL: the text depends only on which columns are set how, the conditions'

@@ -216,6 +216,8 @@ class Run:
         self.slice = Slice(self, sticky)
         #: The claim of the next step when this worker runs it itself (set by a committed advance).
         self.continue_with = None
+        #: Whether the claim of the step being run said running (no pause or cancel pending then).
+        self.claimed_running = False
 
     def stop_here(self, status, index, result=None, where=None):
         """At a pause point: obey a pending pause or cancel, or complete after the last step."""
@@ -225,12 +227,16 @@ class Run:
     def advance(self, fence, index, result):
         """Move past step ``index`` (in the step's transaction, or alone when it is the step's only
         write), then continue here, dispatch or stop."""
+        following = index + 1
+        if (self.claimed_running and following < self.length and services.advance_can_overlap()
+                and not self.slice.may_continue(self, following)):
+            self._advance_overlapped(fence, index, result)
+            return
         status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
                                        count_step=self.count_steps)
         # Registered before the dispatch, so it runs first on commit: the heartbeat stops before
         # the publish of the next message, which may hang.
         transaction.on_commit(lambda: heartbeat.release(self.operation_id, self.run_token))
-        following = index + 1
         stops = following >= self.length or (
             status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length))
         if stops and self.stop_here(status, following, result):
@@ -242,13 +248,39 @@ class Run:
             return
         services.dispatch_on_commit(self.operation_id, self.run_token, following, self.steps)
 
+    def _advance_overlapped(self, fence, index, result):
+        """The next step goes through the broker: its message is published while the advance (a
+        single statement) runs on the server, instead of after it, and carries the advance's
+        token so that it runs only if this advance won. Pause, cancel and completion are decided
+        from the advance's status as before; a message already out then finds the operation
+        stopped, and is dropped as stale."""
+        following, hop = index + 1, services.new_hop()
 
-def run_step(task, operation_id, run_token, index):
+        def publish():
+            heartbeat.release(self.operation_id, self.run_token)  # before a publish that may hang
+            services.publish_overlapped(self.operation_id, self.run_token, following, self.steps, hop)
+
+        status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
+                                       count_step=self.count_steps, hop=hop, during=publish)
+        if status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length):
+            self.stop_here(status, following, result)
+
+
+#: How long a message published while its advance ran (``Run._advance_overlapped``) waits for that
+#: advance to land, when it arrives first; an advance that failed never lands, and its step runs
+#: again by its own retry or recovery.
+HOP_WAIT_SECONDS = 2.0
+
+
+def run_step(task, operation_id, run_token, index, hop=None):
     """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale; then,
-    in a sticky slice, the steps after it that this worker may run itself."""
+    in a sticky slice, the steps after it that this worker may run itself. ``hop``: the message
+    was published while the advance that made it due ran, and belongs to that advance only."""
     claim = _claim(operation_id, run_token)
-    if claim is None or claim.step_index != index:
-        _log_stale(operation_id, run_token, index, claim)
+    if hop is not None:
+        claim = _await_advance(operation_id, run_token, index, hop, claim)
+    if claim is None or claim.step_index != index or (hop is not None and claim.hop != hop):
+        _log_stale(operation_id, run_token, index, claim, hop)
         return
     run = Run(operation_id, run_token, sticky=True)
     while True:
@@ -259,7 +291,19 @@ def run_step(task, operation_id, run_token, index):
         index = claim.step_index
         run.slice.steps += 1
         # A retry of this step re-sends its own message, as if it had come through the broker.
-        task.request.args, task.request.retries = [operation_id, run_token, index], 0
+        task.request.args, task.request.kwargs, task.request.retries = [operation_id, run_token, index], {}, 0
+
+
+def _await_advance(operation_id, run_token, index, hop, claim):
+    """A message published while its advance ran can be delivered before the advance lands: while
+    the row is one step behind the message, without its token, read it again."""
+    delay, deadline = 0.0005, time.monotonic() + HOP_WAIT_SECONDS
+    while (claim is not None and claim.hop != hop and claim.step_index == index - 1
+           and time.monotonic() < deadline):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        claim = _claim(operation_id, run_token)
+    return claim
 
 
 def _claim(operation_id, run_token):
@@ -286,6 +330,7 @@ def _run_claimed(task, run, index, claim):
         if run.stop_here(claim.status, index, claim.carry):
             return
         # The pause was withdrawn since the claim: run the step after all.
+    run.claimed_running = claim.status == Status.RUNNING
     entry = run.steps[index]
     if "group" in entry:
         _fan_out(run, index, entry["group"])
@@ -453,7 +498,15 @@ def _finish_group(run, index):
         pass  # another member advanced it between our read and our write
 
 
-def _log_stale(operation_id, run_token, index, claim):
+def _log_stale(operation_id, run_token, index, claim, hop=None):
+    if claim is not None and claim.step_index == index:  # the hop differs
+        log.warning("operation %s: ignored step %s of run %s: its message was sent by an advance that lost "
+                    "to another delivery of the step before (a duplicate delivery)", operation_id, index, run_token)
+        return
+    if claim is not None and hop is not None and claim.step_index == index - 1:
+        log.warning("operation %s: ignored step %s of run %s: the advance that sent it did not land within %s s "
+                    "(its step runs again by its retry or recovery)", operation_id, index, run_token, HOP_WAIT_SECONDS)
+        return
     if claim is not None:
         log.warning("operation %s: ignored step %s of run %s: the operation is at step %s "
                     "(a duplicate or late delivery)", operation_id, index, run_token, claim.step_index)

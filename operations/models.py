@@ -38,6 +38,10 @@ class Operation(models.Model):
     step_index = models.PositiveIntegerField(
         default=0, help_text="Index in the plan of the next step to run (the head of the remaining workflow).",
     )
+    hop = models.BigIntegerField(
+        default=0, help_text="Token of the last advance that published the next step's message while it ran: "
+                             "that message runs its step only if the row carries its token (the advance won).",
+    )
     carry = models.JSONField(null=True, blank=True, help_text="The value carried into the next step.")
     checkpoint = models.JSONField(
         null=True, blank=True, help_text="In-step cursor of the step at the head, for long iterative steps.",

@@ -59,9 +59,10 @@ STEP_OPTIONS = {"bind": True, "ignore_result": True, "acks_late": True, "reject_
 
 
 @shared_task(name="operations.run_step", **STEP_OPTIONS)
-def run_step(self, operation_id, run_token, index):
-    """One step of an operation; the message carries only what identifies the step."""
-    engine.run_step(self, operation_id, run_token, index)
+def run_step(self, operation_id, run_token, index, hop=None):
+    """One step of an operation; the message carries only what identifies the step (and, when it
+    was published while the advance before it ran, that advance's token)."""
+    engine.run_step(self, operation_id, run_token, index, hop=hop)
 
 
 @shared_task(name="operations.run_member", **STEP_OPTIONS)

@@ -311,3 +311,20 @@ def test_a_users_quota_limits_unfinished_operations_and_work_and_staff_may_set_i
     start(user, steps=1000, delay=60)
     services.operation_cancel(operation=Operation.objects.filter(owner=user).first(), actor="cli")
     assert Operation.objects.filter(owner=user).count() == 3
+
+
+@pytest.mark.django_db
+def test_a_claim_reads_and_refreshes_the_heartbeat_only_when_it_is_older_than_a_beat():
+    """The advance before a step wrote the heartbeat a moment ago: a claim writes only after its
+    message waited longer than a heartbeat interval (a write per step costs a commit)."""
+    operation = _running()
+    fresh = timezone.now() - datetime.timedelta(seconds=0.2)
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=fresh)
+    claim = services.step_claim(operation.pk, operation.run_token)
+    assert claim.status == Status.RUNNING and claim.step_index == 0
+    assert Operation.objects.get(pk=operation.pk).heartbeat_at == fresh  # read, not written
+    old = timezone.now() - datetime.timedelta(seconds=60)
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=old)
+    assert services.step_claim(operation.pk, operation.run_token) is not None
+    assert Operation.objects.get(pk=operation.pk).heartbeat_at > timezone.now() - datetime.timedelta(seconds=5)
+    assert services.step_claim(operation.pk, operation.run_token + 1) is None  # another run's message

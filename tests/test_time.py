@@ -118,7 +118,7 @@ def test_the_cli_start_with_a_key_prints_the_same_operation_twice(db):
 
 
 @pytest.mark.integration
-@pytest.mark.backends("sqlite-fs", "pg-redis")
+@pytest.mark.minutes
 def test_an_import_paused_to_resume_in_20_s_resumes_by_itself_through_restarts_of_beat_and_worker(
         worker, subprocess_env, worker_log_dir):
     rows = 3000
@@ -200,7 +200,7 @@ def test_resume_at_a_time_and_its_refusals(db):
 
 
 @pytest.mark.integration
-@pytest.mark.backends("sqlite-fs", "pg-redis")
+@pytest.mark.minutes
 def test_a_30_s_sleep_holds_no_worker_and_wakes_on_time(worker, beat):
     started = services.operation_start(kind="tests.sleepy", params={"seconds": 30}, actor="cli")
     asleep = wait_status(started.pk, Status.WAITING)
