@@ -1,14 +1,16 @@
 """The engine: runs the steps of an operation, one broker message per step or per sticky slice.
 
-A message names only ``(operation_id, run_token, index)``. Per step the engine makes one round
-trip before the step (heartbeat + status + position, ``services.step_claim``, which is also the
-connection's health check) and one transaction after it (the step's own writes when ``atomic``,
+A message names only ``(operation_id, run_token, index)`` (and ``hop``, below). Per step the
+engine makes one round trip before the step (a read of status + position, ``services.step_claim``,
+which is also the connection's health check) and one transaction after it (the step's own writes when ``atomic``,
 the advance guarded by token and fence — a single statement when it is the only write — and then
 either the next message on commit, or — at a pause point with a pause or cancel pending, or after
 the last step — the transition that stops the chain). In a sticky slice (``Slice``) the advance of
 step i is also the claim of step i+1, which the same worker runs at once: one statement per
-trivial step, no broker hop. The plan is read once per run and cached, so a step costs the same
-at the start of a 1000-step workflow as at its end.
+trivial step, no broker hop. Where a single-statement advance hands the next step to the broker
+(``Run._advance_overlapped``), the message is published while the advance runs and carries the
+advance's token. The plan is read once per run and cached, so a step costs the same at the start
+of a 1000-step workflow as at its end.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _drop_stale_connections(task=None, **kwargs):
     """Keep healthy connections across tasks (CELERY_DB_REUSE_MAX), drop broken or old ones.
 
     A step's claim is its health check: a connection that broke while idle fails the claim's
-    UPDATE, and the engine opens a new one and claims again. So steps skip the SELECT 1 that
+    read, and the engine opens a new one and claims again. So steps skip the SELECT 1 that
     CONN_HEALTH_CHECKS would send first, a round trip per step."""
     close_old_connections()
     if task is not None and task.name in CLAIMING_TASKS:

@@ -325,6 +325,30 @@ def test_every_message_published_twice(worker, beat, workload_name, seed, monkey
     verdict("duplicate-messages", workload, seed, operation_id, outcome, started)
 
 
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_message_of_pure_steps_published_twice_while_their_advances_ran(worker, beat, seed, monkeypatch):
+    """Pure steps through the broker (a kind without slices): each message goes out while the
+    advance before it runs, carrying that advance's token. Published twice, both copies may run
+    the step at once; the copy whose advance lost sends a message no row carries the token of,
+    which is dropped — one chain, the classic result, no person."""
+    from operations.contrib.demo.kinds.arithmetic import expected_result
+    from tapproject.celery import app
+    from tests.faults import inject
+
+    started, steps = time.monotonic(), 40
+    workload = Workload("pure-chain", "tests.arithmetic_manual", {"steps": steps, "delay": 0.02},
+                        {"rows": 0, "result": expected_result(4, steps)}, steps)
+    monkeypatch.setattr(app, "send_task", inject.publish_twice(app.send_task))
+    with replaced_worker(worker, "duplicating-worker", TAP_FAULTS="duplicate") as duplicating:
+        operation_id = services.operation_start(kind=workload.kind, params=workload.params, actor="cli").pk
+        outcome = finish_unattended(operation_id, last_event(operation_id))
+        turned = turned_away(duplicating.log_text(), operation_id)
+    assert turned, "the duplicates never reached the engine"
+    assert Operation.objects.get(pk=operation_id).hop != 0, "no message went out beside its advance"
+    verdict("duplicate-messages", workload, seed, operation_id, outcome, started)
+
+
 @pytest.mark.backends("pg-redis")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("workload_name", WORKLOADS)

@@ -129,6 +129,10 @@ register_kind(Kind(
 # The same kinds without a recovery policy: the settings' default (off) applies, a person resumes.
 register_kind(dataclasses.replace(get_kind("records"), name="tests.records_manual",
                                   label="Records (tests, no automatic recovery)", recovery=None))
+# Pure steps (arithmetic's add / mult) without automatic recovery, so without sticky slices: on
+# PostgreSQL each step's message is published while the advance before it runs.
+register_kind(dataclasses.replace(get_kind("arithmetic"), name="tests.arithmetic_manual",
+                                  label="Arithmetic (tests, every step through the broker)", recovery=None))
 # The demo's import with automatic recovery off: what a kind without a policy does after a crash.
 register_kind(dataclasses.replace(get_kind("csv_import"), name="tests.csv_import_manual",
                                   label="Import a CSV file (no automatic recovery)",
