@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from django.db import (
@@ -158,18 +158,29 @@ class StepContext:
         self.fence = fence
         self.state = state
         self.attempt = attempt
+        self._commits = threading.Lock()
 
     @contextmanager
-    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> Iterator[None]:
+    def checkpoint(self, state: Any, *, done: int | Callable[[Any], int] | None = None,
+                   total: int | Callable[[Any], int] | None = None) -> Iterator[None]:
+        """``state`` (and ``done``, ``total``) may be functions of the cursor, called as the chunk
+        commits: from the last committed cursor to the new one, and from the new one to the
+        progress. Then chunks written by several threads at once, each on its own connection,
+        commit one at a time, in fence order, each merging its own part into the others' cursor."""
         if transaction.get_connection().in_atomic_block:
             raise RuntimeError("checkpoints commit on their own: register the step with @step(atomic=False)")
-        with transaction.atomic():
-            yield
-            status = services.step_checkpoint(
-                self.operation_id, self.run_token, self.fence, state, done=done, total=total,
-            )
-        self.fence += 1
-        self.state = state
+        with ExitStack() as committing:
+            with transaction.atomic():
+                yield
+                committing.enter_context(self._commits)  # released once committed or rolled back
+                if callable(state):
+                    state = state(self.state)
+                status = services.step_checkpoint(
+                    self.operation_id, self.run_token, self.fence, state,
+                    done=done(state) if callable(done) else done, total=total(state) if callable(total) else total,
+                )
+            self.fence += 1
+            self.state = state
         if status != Status.RUNNING:
             raise StopStep(status)
 

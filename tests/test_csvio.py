@@ -3,7 +3,7 @@
 import io
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from operations.contrib.demo import csvio
 
@@ -116,3 +116,69 @@ def test_nth_newline_finds_the_same_newline_as_counting_one_by_one(lengths, data
     for _ in range(n):
         end = raw.index(b"\n", end + 1)
     assert csvio.nth_newline(raw, n, len(lengths)) == end
+
+
+def records_of(path, state, chunk_rows):
+    """(line, record) of every record the reader yields from ``state`` (a whole file's or a range's cursor)."""
+    seen = []
+    for chunk, _ in csvio.chunks(state, path, ("id", "x"), "t.csv", chunk_rows, blocks=True):
+        if chunk.blocks is not None:
+            records = [r for r in b"".join(chunk.blocks).split(b"\n")[:-1]]
+        else:
+            records = [r.replace(b"\r\n", b"\n")[:-1] for r in chunk.records]
+        seen += [(chunk.line_of(i), record) for i, record in enumerate(records)]
+    return seen
+
+
+range_line = st.one_of(plain_line, plain_line, plain_line, st.just(""))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(range_line, min_size=1, max_size=80), ranges=st.integers(2, 5),
+       chunk_rows=st.integers(1, 7), crlf=st.booleans(), last_newline=st.booleans())
+def test_the_ranges_of_a_file_hold_its_records_once_each_on_their_lines(
+        tmp_path_factory, monkeypatch, lines, ranges, chunk_rows, crlf, last_newline):
+    monkeypatch.setattr(csvio, "MARK_BYTES", 16)  # the same for every example
+    end = b"\r\n" if crlf else b"\n"
+    body = end.join(line.encode() for line in lines) + (end if last_newline else b"")
+    if not body.strip():
+        return
+    path = tmp_path_factory.mktemp("ranges") / "t.csv"
+    path.write_bytes(b"id,x" + end + body)
+    whole = records_of(path, None, chunk_rows)
+    state = csvio.start_state(path, ("id", "x"), "t.csv", ranges=ranges)
+    cursors = state.get("ranges", [state])
+    assert len(cursors) <= ranges
+    if "ranges" in state:
+        assert [c["end"] for c in cursors[:-1]] == [c["offset"] for c in cursors[1:]]
+        assert cursors[-1]["end"] == path.stat().st_size and state["total"] == state_total(path)
+    assert [record for cursor in cursors for record in records_of(path, cursor, chunk_rows)] == whole
+
+
+def state_total(path):
+    return csvio.start_state(path, ("id", "x"), "t.csv")["total"]
+
+
+def test_a_file_is_cut_into_ranges_of_about_the_same_size_at_line_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(csvio, "MARK_BYTES", 64)
+    path = write_file(tmp_path, b"".join(b"%d,xxxxxxxx\n" % i for i in range(1000)))
+    state = csvio.start_state(path, ("id", "x"), "t.csv", ranges=3)
+    sizes = [c["end"] - c["offset"] for c in state["ranges"]]
+    assert len(sizes) == 3 and max(sizes) - min(sizes) < 200, sizes
+    data = path.read_bytes()
+    for cursor in state["ranges"]:
+        assert data[cursor["offset"] - 1:cursor["offset"]] == b"\n"
+        assert cursor["line"] == data[:cursor["offset"]].count(b"\n") + 1 and cursor["rows"] == 0
+    assert state["total"] == 1000 and state["rows"] == 0
+
+
+@pytest.mark.parametrize("body, ranges, min_range_rows", [
+    (b"".join(b'%d,"x"\n' % i for i in range(100)), 2, 1),  # a quote: a field may hold a line end
+    (b"".join(b"%d,x\n" % i for i in range(100)), 2, 51),  # two ranges of 51 lines do not fit
+    (b"".join(b"%d,x\n" % i for i in range(100)), 1, 1),
+])
+def test_a_file_stays_whole_when_it_may_not_or_need_not_be_cut(tmp_path, monkeypatch, body, ranges, min_range_rows):
+    monkeypatch.setattr(csvio, "MARK_BYTES", 16)
+    state = csvio.start_state(write_file(tmp_path, body), ("id", "x"), "t.csv", ranges=ranges,
+                              min_range_rows=min_range_rows)
+    assert "ranges" not in state and state["offset"] == 5 and state["total"] == 100

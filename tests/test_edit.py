@@ -53,7 +53,7 @@ def test_an_import_paused_edited_and_resumed_follows_the_new_pace_with_every_row
     edited = services.operation_edit(operation=paused, params={"rows_per_second": 500, "chunk_rows": 250},
                                      actor="cli")
     assert edited.status == Status.PAUSED and edited.params["rows_per_second"] == 500
-    assert edited.workflow["steps"][0]["args"][2:] == [250, 500]
+    assert edited.workflow["steps"][0]["args"][2:4] == [250, 500]
     assert edited.checkpoint == paused.checkpoint  # the cursor stays: the rest of the file, at the new pace
     note = edited.events.order_by("at", "id").last()
     assert (note.from_status, note.to_status, note.note) == (

@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
 from operations import selectors, services
 from operations.contrib.demo.files import write_demo_csv
@@ -70,13 +72,45 @@ def test_import_paused_and_resumed_has_every_row_exactly_once(worker):
     paused = wait_status(operation.pk, Status.PAUSED)
     assert 10_000 <= paused.progress_done < 50_000
     assert records(operation) == paused.progress_done == paused.checkpoint["rows"]
-    assert paused.checkpoint["line"] == paused.progress_done + 2  # the cursor: next line of the file
+    assert_cursor_is_the_next_lines(path, paused.checkpoint)
     services.operation_resume(operation=operation, actor="cli")
     done = wait_status(operation.pk, Status.COMPLETED, timeout=120)
     assert done.result == {"rows": 50_000, "file": "fifty-k.csv"}
     assert records(operation) == 50_000
     assert table_checksum(operation) == file_checksum(path)
     assert done.progress_done == done.progress_total == 50_000
+
+
+def assert_cursor_is_the_next_lines(path, cursor):
+    """The cursor's next line of the file (of each range, on PostgreSQL) follows its rows so far."""
+    data = path.read_bytes()
+    if connection.vendor != "postgresql":
+        assert "ranges" not in cursor and cursor["line"] == cursor["rows"] + 2
+        return
+    ranges = cursor["ranges"]
+    assert len(ranges) == 2 and sum(each["rows"] for each in ranges) == cursor["rows"]
+    starts = [data.index(b"\n") + 1] + [each["end"] for each in ranges[:-1]]
+    for start, each in zip(starts, ranges):
+        assert each["line"] == 1 + data[:start].count(b"\n") + each["rows"], ranges
+        assert each["offset"] == start + len(b"".join(data[start:].splitlines(keepends=True)[:each["rows"]]))
+
+
+@pytest.mark.backends("pg-redis")
+def test_a_large_file_is_loaded_in_ranges_side_by_side_and_an_id_repeated_across_them_is_refused(worker):
+    path = csv_file("ranges.csv", 20_000)
+    done = wait_status(start("csv_import", path="ranges.csv", chunk_rows=2000).pk, Status.COMPLETED, Status.FAILED)
+    assert done.status == Status.COMPLETED, done.error
+    assert [(each["rows"], each["offset"] == each["end"]) for each in done.checkpoint["ranges"]] == [(10_000, True)] * 2
+    assert records(done) == done.progress_done == done.progress_total == 20_000
+    assert table_checksum(done) == file_checksum(path)
+
+    lines = path.read_bytes().splitlines(keepends=True)
+    again = lines[3].split(b",", 1)[1]  # line 4's id (3) again on the last line, in the other range
+    raw_file("ranges-dupe.csv", b"".join(lines[:-1]) + b"3," + again)
+    failed = wait_settled(start("csv_import", path="ranges-dupe.csv", chunk_rows=2000).pk)
+    assert failed.status == Status.FAILED, failed.error
+    assert re.search(r"ranges-dupe\.csv, line (4|20001), column id: duplicate id 3 \(another row of the file "
+                     r"has the same id\)", failed.error), failed.error
 
 
 def test_cancel_mid_import_leaves_no_row(worker):

@@ -92,10 +92,11 @@ def drive(operation_id, timeline, sampler, until, *, timeout, what):
         time.sleep(0.2)
 
 
-def file_position(process, path):
-    """How far ``process`` has read into ``path`` (its open file's offset), or None."""
+def file_positions(process, path):
+    """{descriptor: offset} of each open file of ``process`` on ``path`` (on PostgreSQL the import
+    reads the file's byte ranges side by side, one descriptor each), or None."""
     try:
-        return next((f.position for f in process.open_files() if Path(f.path) == path), None)
+        return {f.fd: f.position for f in process.open_files() if Path(f.path) == path} or None
     except (psutil.Error, FileNotFoundError):
         return None
 
@@ -109,14 +110,21 @@ def kill_the_importing_child(sampler, at_byte, operation_id, timeline, *, timeou
     the lines, reads the whole file in a few milliseconds."""
     deadline = time.monotonic() + timeout
     counted = False
+    starts = [0]  # where each of the file's ranges starts (one range: the file's start)
+    read = {}  # descriptor → bytes it has read of its range
     while True:
         if not counted:
             operation = poll(operation_id, timeline, sampler)
             assert operation.status not in TERMINAL, f"the import was {operation.status} before the fault"
             counted = operation.progress_done > 0
+            if counted:
+                cursor = Operation.objects.values_list("checkpoint", flat=True).get(pk=operation_id)
+                starts += [each["end"] for each in cursor.get("ranges", [])[:-1]]
         child = sampler.importing_child()
-        position = file_position(child, sampler.watched) if counted and child is not None else None
-        if position is not None and position >= at_byte:
+        positions = file_positions(child, sampler.watched) if counted and child is not None else None
+        for fd, position in (positions or {}).items():  # a range read to its end keeps its count
+            read[fd] = position - max(start for start in starts if start <= position)
+        if sum(read.values()) >= at_byte:
             break
         assert time.monotonic() < deadline, f"no pool child read {at_byte} bytes of the CSV in {timeout:.0f}s"
         time.sleep(0.005)

@@ -5,6 +5,7 @@ the cursor of the last checkpoint. Every error names the file, the line and, whe
 the column.
 """
 
+import bisect
 import csv
 import io
 import queue
@@ -60,10 +61,18 @@ class Chunk:
         return self.first_line + index if self.blocks is not None else self.lines[index]
 
 
-def start_state(path, header, display_name):
+#: Where the file may be cut into ranges: the first line start after every this many bytes.
+MARK_BYTES = 1 << 16
+
+
+def start_state(path, header, display_name, *, ranges=1, min_range_rows=1):
     """Check the file before anything runs; return the cursor just after its header.
 
-    Refuses a missing file, an empty one, a wrong header and a file with no data rows.
+    Refuses a missing file, an empty one, a wrong header and a file with no data rows. With
+    ``ranges`` > 1, the cursor may instead cut the data into up to that many byte ranges of about
+    the same size, each of at least ``min_range_rows`` lines, at line starts — ``{"ranges":
+    [{"offset", "line", "end", "rows"}, ...], "rows", "total"}`` — to be read side by side; a
+    file with a quote stays whole (a quoted field may hold a line end).
     """
     path = Path(path)
     if not path.is_file():
@@ -83,13 +92,54 @@ def start_state(path, header, display_name):
         offset = f.tell()
         data_lines = 0
         ends_with_newline = True
+        quoted = False
+        marks = []  # (offset of a line start, its line), one per MARK_BYTES of the file
+        position = offset
         while block := f.read(1 << 20):
+            if ranges > 1:
+                quoted = quoted or b'"' in block
+                _mark(block, position, 2 + data_lines, marks)
             data_lines += block.count(b"\n")
             ends_with_newline = block.endswith(b"\n")
+            position += len(block)
         data_lines += 0 if ends_with_newline else 1
     if data_lines == 0:
         raise CsvFileError(display_name, "the file has a header but no data rows")
-    return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
+    state = {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
+    count = 1 if quoted else max(1, min(ranges, data_lines // max(1, min_range_rows)))
+    return state if count == 1 else _in_ranges(state, marks, position, count)
+
+
+def _mark(block, position, line, marks):
+    """Append to ``marks`` the first line start after each MARK_BYTES of ``block`` (read at
+    ``position`` of the file, its first byte on ``line``), counting the newlines once."""
+    counted = 0
+    for start in range(0, len(block), MARK_BYTES):
+        newline = block.find(b"\n", max(start, counted), start + MARK_BYTES)
+        if newline < 0 or newline + 1 == len(block):
+            continue
+        line += block.count(b"\n", counted, newline + 1)
+        counted = newline + 1
+        marks.append((position + counted, line))
+
+
+def _in_ranges(state, marks, size, count):
+    """``state`` cut at the marks nearest to ``count`` equal parts of the data (fewer ranges if
+    the marks are too few)."""
+    offset = state["offset"]
+    cuts = []
+    for part in range(1, count):
+        target = offset + (size - offset) * part // count
+        index = bisect.bisect_left(marks, (target, 0))
+        if index < len(marks) and marks[index][0] < size and (not cuts or marks[index][0] > cuts[-1][0]):
+            cuts.append(marks[index])
+    if not cuts:
+        return state
+    starts = [(offset, state["line"]), *cuts]
+    ends = [cut[0] for cut in cuts] + [size]
+    return {"ranges": [{"offset": start, "line": line, "end": end, "rows": 0}
+                       for (start, line), end in zip(starts, ends)],
+            "rows": 0, "total": state["total"]}
 
 
 def nth_newline(raw, n, count):
@@ -108,12 +158,13 @@ def nth_newline(raw, n, count):
     return end
 
 
-def read_blocks(f, line, chunk_rows):
+def read_blocks(f, line, chunk_rows, end=None):
     """The fast path: up to ``chunk_rows`` lines as blocks of bytes, if each line is one plain
-    record (no quote, no blank line, no stray CR, no over-long line); else None, ``f`` rewound."""
+    record (no quote, no blank line, no stray CR, no over-long line); else None, ``f`` rewound.
+    ``end``: a line start not to read past (a range's end)."""
     start, blocks, rows = f.tell(), [], 0
     while rows < chunk_rows:
-        raw = f.read(BLOCK_BYTES)
+        raw = f.read(BLOCK_BYTES if end is None else min(BLOCK_BYTES, end - f.tell()))
         if not raw:
             break
         if not raw.endswith(b"\n"):
@@ -142,19 +193,22 @@ def read_blocks(f, line, chunk_rows):
     return Chunk(f.tell(), line + rows, rows, blocks=blocks, first_line=line)
 
 
-def read_chunk(f, line, chunk_rows, display_name, blocks=False):
+def read_chunk(f, line, chunk_rows, display_name, blocks=False, end=None):
     """Read up to ``chunk_rows`` records from the current position of ``f`` (opened in binary).
 
     Blank lines are skipped; a quoted field may span lines (the record keeps its first line).
     With ``blocks``, a chunk of plain records comes back as blocks of the file (``read_blocks``).
+    ``end``: a line start where the records stop (a range's end; ranges hold no quote).
     """
     if blocks:
-        chunk = read_blocks(f, line, chunk_rows)
+        chunk = read_blocks(f, line, chunk_rows, end)
         if chunk is not None:
             return chunk
     records, lines = [], []
     readline = f.readline
     while len(records) < chunk_rows:
+        if end is not None and f.tell() >= end:
+            break
         raw = readline(MAX_LINE_BYTES)
         if not raw:
             break
@@ -202,18 +256,20 @@ def chunks(state, path, header, display_name, chunk_rows, rows_per_second=None, 
 
 def _read_chunks(state, path, display_name, chunk_rows, rows_per_second, blocks, prepare):
     pace = Pace(rows_per_second)
+    end = state.get("end")  # a range's cursor has an end, and no total of its own
     with open(path, "rb") as f:
         f.seek(state["offset"])
-        while True:
-            chunk = read_chunk(f, state["line"], chunk_rows, display_name, blocks=blocks)
+        while end is None or f.tell() < end:
+            chunk = read_chunk(f, state["line"], chunk_rows, display_name, blocks=blocks, end=end)
             if not chunk.rows:
                 return
             if prepare is not None:
                 chunk.payload = prepare(chunk)
             rows = state["rows"] + chunk.rows
-            at_end = chunk.rows < chunk_rows
-            state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows,
-                     "total": rows if at_end else max(state["total"], rows)}
+            at_end = chunk.rows < chunk_rows or (end is not None and chunk.next_offset >= end)
+            state = {**state, "offset": chunk.next_offset, "line": chunk.next_line, "rows": rows}
+            if end is None:
+                state["total"] = rows if at_end else max(state["total"], rows)
             yield chunk, state
             if at_end:
                 return
@@ -276,8 +332,10 @@ def parse(chunk, width, display_name, columns):
 _COPY_CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
 
 
-def copy_error(exc, chunk, display_name, column_names, header):
-    """Turn a PostgreSQL COPY error into a CsvFileError naming the file's line and column."""
+def copy_error(exc, chunk, display_name, column_names, header, anywhere=False):
+    """Turn a PostgreSQL COPY error into a CsvFileError naming the file's line and column.
+    ``anywhere``: the file's ranges were loaded side by side, so the row whose id a duplicate
+    repeats may come later in the file."""
     diag = getattr(exc, "diag", None)
     context = (diag.context if diag else None) or ""
     match = _COPY_CONTEXT.search(context)
@@ -290,9 +348,10 @@ def copy_error(exc, chunk, display_name, column_names, header):
     width = f"expected {len(header)} columns ({', '.join(header)})"
     sqlstate = diag.sqlstate if diag else None
     named = re.search(r'column "(\w+)"', reason)
-    if sqlstate == "23505":  # unique violation: the key repeats an earlier row
+    if sqlstate in ("23505", "40P01"):  # unique violation (or two ranges waiting for each other's)
         key = re.search(r"\)=\([^,]+, ([^)]+)\)", (diag.message_detail or "") if diag else "")
-        column, reason = "id", f"duplicate id {key.group(1) if key else '?'} (an earlier row has the same id)"
+        other = "another row of the file" if anywhere else "an earlier row"
+        column, reason = "id", f"duplicate id {key.group(1) if key else '?'} ({other} has the same id)"
     elif sqlstate == "23502":  # not null: an empty field
         column, reason = column_names.get(diag.column_name, diag.column_name), "the value is empty"
     elif reason.startswith("missing data for column") and named:
