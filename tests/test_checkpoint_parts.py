@@ -50,7 +50,7 @@ def write_parts(ctx, stop_after=None):
 
 
 def test_chunks_of_parts_side_by_side_commit_in_fence_order_each_merging_its_own_position():
-    operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
+    operation = Operation.objects.create(kind="arithmetic", status=Status.RUNNING, run_token=1)  # no worker runs it
     ctx = engine.StepContext(operation.pk, 1, 0, 0, {"parts": {}}, 0)
     assert write_parts(ctx) == {}
     row = Operation.objects.get(pk=operation.pk)
@@ -60,7 +60,7 @@ def test_chunks_of_parts_side_by_side_commit_in_fence_order_each_merging_its_own
 
 
 def test_a_pause_seen_by_one_part_stops_every_part_at_its_next_checkpoint():
-    operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
+    operation = Operation.objects.create(kind="arithmetic", status=Status.RUNNING, run_token=1)  # no worker runs it
     ctx = engine.StepContext(operation.pk, 1, 0, 0, {"parts": {}}, 0)
     stopped = write_parts(ctx, stop_after=5)
     row = Operation.objects.get(pk=operation.pk)

@@ -142,7 +142,9 @@ Python {platform.python_version()}). Do not edit by hand: run `make faults` agai
 The promise: whatever happens, an operation loses no row of work and applies no effect twice.
 The fault suite (`tests/faults/`) injects each fault at a random point (seeded) of two workloads —
 a 20,000-row **CSV import** (chunks of 500 rows, each committed with its checkpoint) and a 25-step
-**chain** whose every step writes one row in the step's own transaction — drives the operation to
+**chain** whose every step writes one row in the step's own transaction (on PostgreSQL in sticky
+slices: the worker that commits a step runs the next one itself) — plus, for duplicate messages,
+a **pure chain** of arithmetic steps whose messages are published while their advances run — drives the operation to
 completion with **nobody acting**: beat runs next to the workers, its reconciler marks a silent
 operation interrupted after the heartbeat lease and resumes it by the kind's recovery policy (on
 for the demo kinds), and workers that must come back run under `operations.supervise`. Then it

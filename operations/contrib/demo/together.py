@@ -41,6 +41,14 @@ def run_side_by_side(parts: Sequence[Callable[[threading.Event], None]], *, name
         stopping.set()
         for thread in threads:
             thread.join()
-    failures = [exc for exc in errors if not isinstance(exc, StopStep)]
-    if failures or errors:
-        raise (failures or errors)[0]
+    first = next((exc for exc in errors if not isinstance(exc, StopStep)), errors[0] if errors else None)
+    errors.clear()  # each error's traceback holds its part's frames (its chunk): no cycle through here
+    if first is None:
+        return
+    if isinstance(first, StopStep):
+        raise StopStep(first.status)  # a fresh one: the parts' frames go now, not at a garbage collection
+    try:
+        raise first
+    finally:
+        first = None
+

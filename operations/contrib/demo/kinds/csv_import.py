@@ -3,8 +3,8 @@
 Each chunk's rows, the cursor (byte offset + line) and the progress commit in one transaction,
 so a pause or cancel lands within one chunk and a crash loses at most the chunk in flight. A bad
 row fails the operation with its line, column and reason; nothing of its chunk is committed. On
-PostgreSQL a large file is cut into byte ranges (TAP_CSV_IMPORT_RANGES) loaded side by side, one
-connection each; the cursor then holds each range's, and a chunk of any range commits with all.
+PostgreSQL a large file may be cut into byte ranges (``ranges``, TAP_CSV_IMPORT_RANGES) loaded side
+by side, one connection each; the cursor then holds each range's, and a chunk of any range commits with all.
 """
 
 import datetime
