@@ -202,7 +202,10 @@ def _failed(fault, workload, seed, started, facts, problem):
 
 def _partition(fault, service, worker, host, workload_name, seed):
     rng, started = random.Random(f"{fault}-{workload_name}-{seed}"), time.monotonic()
-    inside_copy = service == "postgres" and workload_name == "import" and seed % 2 == 0
+    # The cut inside a COPY on odd seeds: `make faults` runs it five times in ten; `make test`'s one
+    # round (seed 0) cuts at a random point, as the other faults do — the inside-COPY set-up misses
+    # its window now and then when the machine is busy (the whole chunk reached the server first).
+    inside_copy = service == "postgres" and workload_name == "import" and seed % 2 == 1
     workload = workloads()[workload_name]
     if inside_copy:
         workload.params["chunk_rows"] = COPY_CHUNK_ROWS
