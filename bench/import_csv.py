@@ -107,24 +107,17 @@ def ensure_csv(rows):
 # --- the worker's memory --------------------------------------------------------------------
 
 
-class RssSampler:
-    """Samples the RSS of the worker's main process and of every child of it, in a thread.
+class PeriodicSampler:
+    """A ``with`` block during which ``_sample`` runs every ``interval`` seconds in a thread, and
+    once at each end (``first=True`` at the start)."""
 
-    Per process: the first and the peak RSS, and the CPU time used meanwhile (the pool child
-    with the most CPU time is the one that ran the import). For the tree: the peak of the sum
-    of the RSS of all its processes at one sample (pages shared after the fork count in each).
-    """
-
-    def __init__(self, pid, interval=RSS_INTERVAL):
-        self.root = psutil.Process(pid)
+    def __init__(self, interval, name):
         self.interval = interval
-        self.first, self.peak, self.cpu_first, self.cpu_last = {}, {}, {}, {}
-        self.tree_peak = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def __enter__(self):
-        self._sample()
+        self._sample(first=True)
         self._thread.start()
         return self
 
@@ -137,7 +130,25 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def _sample(self):
+    def _sample(self, first=False):
+        raise NotImplementedError
+
+
+class RssSampler(PeriodicSampler):
+    """Samples the RSS of the worker's main process and of every child of it, in a thread.
+
+    Per process: the first and the peak RSS, and the CPU time used meanwhile (the pool child
+    with the most CPU time is the one that ran the import). For the tree: the peak of the sum
+    of the RSS of all its processes at one sample (pages shared after the fork count in each).
+    """
+
+    def __init__(self, pid, interval=RSS_INTERVAL):
+        super().__init__(interval, "rss-sampler")
+        self.root = psutil.Process(pid)
+        self.first, self.peak, self.cpu_first, self.cpu_last = {}, {}, {}, {}
+        self.tree_peak = 0
+
+    def _sample(self, first=False):
         total = 0
         for proc in [self.root] + self.root.children(recursive=True):
             try:
@@ -179,7 +190,7 @@ def run_raw_copy(conn, path, rows, table="raw_records"):
     return elapsed
 
 
-class BackendCpu:
+class BackendCpu(PeriodicSampler):
     """CPU seconds (user + system) that the PostgreSQL backends of this database spend while a
     side runs, but the one of this process's Django connection (its polls are the benchmark's,
     not the import's). Sampled in a thread: the connections an import opens for its ranges end
@@ -188,32 +199,16 @@ class BackendCpu:
     def __init__(self, conn, interval=RSS_INTERVAL):
         from django.db import connection
 
+        super().__init__(interval, "backend-cpu")
         connection.ensure_connection()
         self.polling = connection.connection.info.backend_pid
         self.postmaster = psutil.Process(conn.info.backend_pid).ppid()
         self.database = conn.info.dbname
-        self.interval = interval
         self.first, self.last = {}, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="backend-cpu", daemon=True)
-
-    def __enter__(self):
-        self._sample(first=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
     @property
     def seconds(self):
         return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
-
-    def _loop(self):
-        while not self._stop.wait(self.interval):
-            self._sample()
 
     def _sample(self, first=False):
         for proc in psutil.Process(self.postmaster).children():
