@@ -403,11 +403,13 @@ _TASK_LINE = re.compile(r"Task operations\.run_step\[([0-9a-f-]+)\] (received|su
 
 
 def step_holder(*workers):
-    """The one worker whose log shows a step received and not yet finished, or None."""
+    """The one worker whose log shows a step received and not yet finished, or None. Only the
+    current run counts: a session worker killed mid-step by an earlier test left that step open in
+    the log it appends to."""
     holding = []
     for candidate in workers:
         open_tasks = set()
-        for task_id, what in _TASK_LINE.findall(candidate.log_text()):
+        for task_id, what in _TASK_LINE.findall(candidate.log_since_start()):
             (open_tasks.add if what == "received" else open_tasks.discard)(task_id)
         if open_tasks:
             holding.append(candidate)

@@ -32,6 +32,8 @@ class WorkerProcess:
         self.wrapper = list(wrapper)
         self.proc = None
         self._log = None
+        #: Where this run's output begins in the log, which every restart appends to.
+        self._log_start = 0
 
     def command(self):
         cmd = [
@@ -49,6 +51,7 @@ class WorkerProcess:
     def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        self._log_start = self._log.seek(0, os.SEEK_END)
         self.proc = subprocess.Popen(
             self.command(), cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -157,6 +160,14 @@ class WorkerProcess:
 
     def log_text(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_since_start(self):
+        """The log of the current run only: a task an earlier run was killed in is not open here."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines=60):
         return "\n".join(self.log_text().splitlines()[-lines:])
