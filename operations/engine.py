@@ -9,7 +9,8 @@ the last step — the transition that stops the chain). In a sticky slice (``Sli
 step i is also the claim of step i+1, which the same worker runs at once: one statement per
 trivial step, no broker hop. Where a single-statement advance hands the next step to the broker
 (``Run._advance_overlapped``), the message is published while the advance runs and carries the
-advance's token. The plan is read once per run and cached, so a step costs the same at the start
+advance's token; when that message comes back to the same process, the advance was its claim
+(``AdvanceClaims``). The plan is read once per run and cached, so a step costs the same at the start
 of a 1000-step workflow as at its end.
 """
 
@@ -275,8 +276,49 @@ class Run:
 
         status = services.step_advance(self.operation_id, self.run_token, fence, index, result,
                                        count_step=self.count_steps, hop=hop, during=publish)
-        if status != Status.RUNNING and is_pause_point(following, self.pause_every, self.length):
+        if status == Status.RUNNING:
+            # Should the message come back to this process, the advance was its claim.
+            advance_claims.keep(self.operation_id, self.run_token,
+                                services.Claim(status, following, fence + 1, result, None, 0, hop))
+        elif is_pause_point(following, self.pause_every, self.length):
             self.stop_here(status, following, result)
+
+
+class AdvanceClaims:
+    """The claims of the steps this process last sent through the broker, as their advances read
+    them (``Run._advance_overlapped``). With one pool process, or a message that happens to come
+    back to the process that sent it, the step runs on its advance's claim, as a sticky slice's
+    next step does, and skips the read before it: one statement per step through the broker.
+
+    Only the delivery with the advance's own hop token takes an entry, once; an entry older than
+    TAP_STICKY_SECONDS (or a heartbeat interval) is read again instead, so a pause or cancel
+    asked for since lands at most one step later, as in a slice."""
+
+    LIMIT = 64
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._claims = OrderedDict()
+
+    def keep(self, operation_id: int, run_token: int, claim: services.Claim) -> None:
+        with self._lock:
+            self._claims[claim.hop] = (operation_id, run_token, claim, time.monotonic())
+            if len(self._claims) > self.LIMIT:
+                self._claims.popitem(last=False)
+
+    def take(self, operation_id: int, run_token: int, index: int, hop: int) -> services.Claim | None:
+        with self._lock:
+            entry = self._claims.pop(hop, None)
+        if entry is None:
+            return None
+        kept_for, kept_token, claim, kept_at = entry
+        fresh = time.monotonic() - kept_at < min(conf.STICKY_SECONDS, heartbeat_interval())
+        if (kept_for, kept_token, claim.step_index) != (operation_id, run_token, index) or not fresh:
+            return None
+        return claim
+
+
+advance_claims = AdvanceClaims()
 
 
 #: How long a message published while its advance ran (``Run._advance_overlapped``) waits for that
@@ -289,9 +331,11 @@ def run_step(task, operation_id, run_token, index, hop=None):
     """Execute step ``index`` of run ``run_token``, or do nothing if the message is stale; then,
     in a sticky slice, the steps after it that this worker may run itself. ``hop``: the message
     was published while the advance that made it due ran, and belongs to that advance only."""
-    claim = _claim(operation_id, run_token)
-    if hop is not None:
-        claim = _await_advance(operation_id, run_token, index, hop, claim)
+    claim = advance_claims.take(operation_id, run_token, index, hop) if hop is not None else None
+    if claim is None:
+        claim = _claim(operation_id, run_token)
+        if hop is not None:
+            claim = _await_advance(operation_id, run_token, index, hop, claim)
     if claim is None or claim.step_index != index or (hop is not None and claim.hop != hop):
         _log_stale(operation_id, run_token, index, claim, hop)
         return

@@ -35,6 +35,7 @@ def published(monkeypatch):
     sent = []
     monkeypatch.setattr(services.current_app, "send_task", lambda name, args=None, **options: sent.append(args))
     engine._PLANS.clear()  # ids come round again in this test database: no plan of another test
+    monkeypatch.setattr(engine, "advance_claims", engine.AdvanceClaims())
     yield sent
     engine._PLANS.clear()
 
@@ -199,6 +200,44 @@ def test_a_message_whose_advance_never_lands_gives_up_and_the_step_is_not_lost(p
     assert Operation.objects.get(pk=operation.pk).step_index == 0
     assert "did not land within 0.2 s" in caplog.text
     assert run_message(operation, 0).step_index == 1  # step 0's own message still runs it
+
+
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.django_db(transaction=True)
+def test_a_message_back_at_the_process_whose_advance_sent_it_runs_without_reading(published, settings,
+                                                                                   monkeypatch, caplog):
+    settings.TAP_STICKY_STEPS = 1
+    sent, reads = [], []
+    monkeypatch.setattr(services.current_app, "send_task",
+                        lambda name, args=None, kwargs=None, **options: sent.append((args[2], (kwargs or {}).get("hop"))))
+    real_claim = services.step_claim
+    monkeypatch.setattr(services, "step_claim", lambda *args: reads.append(args) or real_claim(*args))
+    operation = services.operation_start(kind="arithmetic", params={"steps": 10}, actor="cli")
+
+    def run(index, hop):
+        engine.run_step(FakeTask([operation.pk, operation.run_token, index]), operation.pk, operation.run_token,
+                        index, hop=hop)
+        return Operation.objects.get(pk=operation.pk)
+
+    assert run_message(operation, 0).step_index == 1 and len(reads) == 1
+    reads.clear()
+    assert run(*sent[-1]).step_index == 2 and reads == []  # step 1 ran on step 0's advance
+    # a second delivery of the same message reads, and is dropped as stale
+    with caplog.at_level("INFO", logger="operations.engine"):
+        assert run(1, sent[-2][1]).step_index == 2 and len(reads) == 1
+    reads.clear()
+    # a pause asked for after the advance that claimed step 2: step 2 runs, and stops at its own advance
+    services.operation_pause(operation=operation.pk, actor="cli")
+    paused = run(*sent[-1])
+    assert (paused.status, paused.step_index, reads) == (Status.PAUSED, 3, [])
+    services.operation_resume(operation=operation.pk, actor="cli")
+    # with no sticky time at all, every message reads
+    settings.TAP_STICKY_SECONDS = 0
+    sent.clear()
+    operation.refresh_from_db()
+    assert run_message(operation, 3).step_index == 4
+    reads.clear()
+    assert run(*sent[-1]).step_index == 5 and len(reads) == 1
 
 
 # --- with a real worker ------------------------------------------------------------------------
