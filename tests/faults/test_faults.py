@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from operations import services
 from operations.contrib.demo.files import write_demo_csv
@@ -416,12 +417,19 @@ def step_holder(*workers):
     return holding[0] if len(holding) == 1 else None
 
 
-def kill_every_pool_child(worker):
+def kill_every_pool_child(worker, operation_id):
+    """SIGKILL every pool child; returns when, and the operation's progress once they are gone —
+    read before the kill, a checkpoint committed in between would look like the operation moving
+    again. The pause lets a COMMIT the server had already received land first."""
     children = worker.pool_children()
     assert len(children) == 2, children
     for child in children:
         child.send_signal(signal.SIGKILL)
-    return time.monotonic()
+    killed_at = time.monotonic()
+    psutil.wait_procs(children, timeout=10)
+    time.sleep(0.3)
+    close_old_connections()
+    return killed_at, Operation.objects.get(pk=operation_id).progress_done
 
 
 @pytest.mark.backends(*EVERY_BACKEND)
@@ -438,8 +446,8 @@ def test_every_pool_child_killed_at_once_mid_import(worker, beat, seed):
     workload = workloads()["import"]
     with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
         operation_id = start_and_reach(workload, rng)
-        done_before, after = Operation.objects.get(pk=operation_id).progress_done, last_event(operation_id)
-        killed_at = kill_every_pool_child(supervised)
+        after = last_event(operation_id)
+        killed_at, done_before = kill_every_pool_child(supervised, operation_id)
         budget = settings.TAP_HEARTBEAT_LEASE + settings.TAP_RECONCILE_INTERVAL + 30
         wait_for(operation_id, lambda op: op.progress_done > done_before or op.status == Status.COMPLETED,
                  timeout=budget, what="moving again")
@@ -466,8 +474,8 @@ def test_every_pool_child_killed_with_automatic_recovery_off(worker, beat, seed)
     workload.kind = "tests.csv_import_manual"
     with replaced_worker(worker, "supervised-worker", supervised=True) as supervised:
         operation_id = start_and_reach(workload, rng)
-        done_before, after = Operation.objects.get(pk=operation_id).progress_done, last_event(operation_id)
-        killed_at = kill_every_pool_child(supervised)
+        after = last_event(operation_id)
+        killed_at, done_before = kill_every_pool_child(supervised, operation_id)
         budget = settings.TAP_HEARTBEAT_LEASE + settings.TAP_RECONCILE_INTERVAL + 30
         seen = wait_for(operation_id, lambda op: op.status in (Status.INTERRUPTED, Status.COMPLETED)
                         or op.progress_done > done_before, timeout=budget, what="interrupted or moving again")
