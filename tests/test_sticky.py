@@ -223,8 +223,9 @@ def test_a_message_back_at_the_process_whose_advance_sent_it_runs_without_readin
     reads.clear()
     assert run(*sent[-1]).step_index == 2 and reads == []  # step 1 ran on step 0's advance
     # a second delivery of the same message reads, and is dropped as stale
-    with caplog.at_level("INFO", logger="operations.engine"):
+    with caplog.at_level("WARNING", logger="operations.engine"):
         assert run(1, sent[-2][1]).step_index == 2 and len(reads) == 1
+    assert f"operation {operation.pk}: ignored step 1" in caplog.text and "is at step 2" in caplog.text
     reads.clear()
     # a pause asked for after the advance that claimed step 2: step 2 runs, and stops at its own advance
     services.operation_pause(operation=operation.pk, actor="cli")
