@@ -433,12 +433,27 @@ def _run_claimed(task, run, index, claim):
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
-        if not services.step_still_owns(operation_id, run_token, ctx.fence):
+        if not _still_owns(operation_id, run_token, ctx.fence):
             log.warning("operation %s: step %s of run %s failed (%s: %s) while another delivery or run moved "
                         "the operation on; its writes were rolled back", operation_id, index, run_token,
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return
         _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index + 1} of {run.length} ({spec.name})")
+
+
+def _still_owns(operation_id, run_token, fence=None):
+    """``services.step_still_owns``, asked after a step failed. This thread's connection may be
+    dead by then although Django does not know it yet: the failure was an outage seen by the
+    step's own threads on their connections (csv_import's ranges), or the server dropped this one
+    while it sat idle. So an outage on the question itself is asked again once, on a new
+    connection; one that lasts is raised, as any outage."""
+    try:
+        return services.step_still_owns(operation_id, run_token, fence)
+    except Exception as exc:
+        if not is_outage(exc) or connection.in_atomic_block:
+            raise
+        connection.close()
+        return services.step_still_owns(operation_id, run_token, fence)
 
 
 def _spec_or_fail(run, index, entry, where=None):
@@ -525,7 +540,7 @@ def run_member(task, operation_id, run_token, index, member_index):
         log.warning("%s: this member's result was discarded", exc)
         return
     except Exception as exc:
-        if not services.step_still_owns(operation_id, run_token):
+        if not _still_owns(operation_id, run_token):
             log.warning("operation %s: %s of run %s failed while another delivery or run moved the operation "
                         "on; its result was discarded", operation_id, where, run_token)
             return

@@ -42,8 +42,10 @@ def paused_arithmetic(steps=6, owner=None):
 @pytest.mark.backends("sqlite-fs", "pg-redis")
 def test_an_import_paused_edited_and_resumed_follows_the_new_pace_with_every_row_once(worker):
     write_demo_csv(Path(settings.TAP_CSV_DIR) / "edit-me.csv", rows=3000)
+    # One range: the steps of its progress are then whole chunks (ranges each end on a partial one).
     operation = services.operation_start(kind="csv_import", params={"path": "edit-me.csv", "chunk_rows": 100,
-                                                                    "rows_per_second": 4000}, actor="cli")
+                                                                    "rows_per_second": 4000, "ranges": 1},
+                                         actor="cli")
     wait_for(operation.pk, lambda op: op.progress_done >= 300, what="300 rows")
     services.operation_pause(operation=operation, actor="cli")
     paused = wait_status(operation.pk, Status.PAUSED)

@@ -171,6 +171,27 @@ def test_a_step_that_kills_its_worker_every_time_ends_failed_after_the_poison_li
     assert people == []
 
 
+@pytest.mark.integration
+@pytest.mark.backends("pg-redis")
+def test_a_failed_step_whose_idle_connection_the_server_dropped_is_left_to_the_reconciler(worker):
+    """The engine asks whether its run still owns the operation on the step's thread's connection,
+    which the server dropped meanwhile (the step's own threads met the outage): it asks again on a
+    new connection and leaves the operation to beat, instead of the task dying with a traceback."""
+    import time
+
+    logged_from = len(worker.log_text())
+    operation = services.operation_start(kind="tests.connection_lost", params={}, actor="cli")
+    said = (f"operation {operation.pk}: step 2 of 3 (tests.lose_connection_and_fail) stopped: the database is "
+            f"unavailable (OperationalError: a part's connection was lost")
+    deadline = time.monotonic() + 30
+    while said not in (logged := worker.log_text()[logged_from:]):
+        assert time.monotonic() < deadline, logged[-3000:]
+        time.sleep(0.1)
+    assert "raised unexpected" not in logged and "Traceback" not in logged, logged[-3000:]
+    row = _row(operation.pk)
+    assert (row.status, row.step_index, row.error) == (Status.RUNNING, 1, "")  # for beat: neither failed nor moved
+
+
 # --- staleness, on every face -------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ the pytest runs (var/faults/junit-*.xml) for the bad-input and security cases.
 """
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -52,10 +53,38 @@ def load_runs():
 
 
 def record_run(run):
-    """Append one run (a dict with at least "fault" and "problems") to results.jsonl."""
+    """Append one run (a dict with at least "fault" and "problems") to results.jsonl, with the
+    test that ran it, as its JUnit case is named (to find the tests that failed before this)."""
     FAULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(FAULTS_DIR / "results.jsonl", "a") as out:
-        out.write(json.dumps({**run, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        out.write(json.dumps({**run, "test": current_test(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
+def current_test():
+    """'tests.faults.test_faults::test_sigkill[pool-child-import-0]': pytest's running test,
+    as a JUnit file's classname and name."""
+    nodeid = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    path, _, name = nodeid.partition("::")
+    return f"{path.removesuffix('.py').replace('/', '.')}::{name}"
+
+
+#: The modules whose tests each end in a recorded run (``verdict``, or the partitions' ``_failed``).
+FAULT_MODULES = ("test_faults", "test_partitions", "test_scale", "test_disk")
+BACKENDS = ("sqlite-fs", "pg-redis", "pg-rabbitmq")
+
+
+def failed_before_a_verdict(runs, cases):
+    """JUnit cases of the fault modules that failed without recording a run (a wait that timed
+    out, a set-up that broke): runs with a problem too, or the totals would leave them out."""
+    recorded = {(run.get("test"), run.get("backend")) for run in runs}
+    return [case for case in cases if case["outcome"] == "failed"
+            and case["file"].rpartition(".")[2] in FAULT_MODULES
+            and (f"{case['file']}::{case['name']}", _backend(case["backend"])) not in recorded]
+
+
+def _backend(junit_backend):
+    """'pg-redis-partitions' → 'pg-redis': the backend a JUnit file's pytest run used."""
+    return next((name for name in BACKENDS if junit_backend.startswith(name)), junit_backend)
 
 
 def junit_cases():
@@ -130,10 +159,18 @@ def case_list(cases, file_part):
     return "\n".join(f"- `{name}` — {', '.join(outcomes)}" for name, outcomes in sorted(by_name.items()))
 
 
+def _unrecorded_list(unrecorded):
+    if not unrecorded:
+        return ""
+    return ("Failed before their verdict (not in the table; each counts as a run with a problem):\n\n"
+            + "\n".join(f"- `{case['file']}::{case['name']}` ({case['backend']})" for case in unrecorded) + "\n\n")
+
+
 def main(out=sys.stdout):
     runs, cases = load_runs(), junit_cases()
     problems = [run for run in runs if run.get("problems")]
     fault_runs = [run for run in runs if run.get("fault") in FAULTS]
+    unrecorded = failed_before_a_verdict(runs, cases)
     out.write(f"""# Reliability
 
 _Written by `make faults` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({platform.machine()},
@@ -152,7 +189,7 @@ checks: exact row count, no id stored twice, the checksum of the input, the expe
 event history in which every status change is legal and continues from the previous one — and
 that no person changed the operation's status after the fault (a person's action is a problem).
 
-**{len(fault_runs)} fault runs, {len(problems)} with a problem, {sum(len(r.get("interventions", [])) for r in fault_runs)} person's actions.**
+**{len(fault_runs) + len(unrecorded)} fault runs, {len(problems) + len(unrecorded)} with a problem ({len(unrecorded)} of them failed before their verdict), {sum(len(r.get("interventions", [])) for r in fault_runs)} person's actions.**
 
 ## Faults
 
@@ -160,7 +197,7 @@ that no person changed the operation's status after the fault (a person's action
 
 {fault_table(runs)}
 
-"with problems" counts runs in which the checker found a lost or doubled row, a wrong checksum
+{_unrecorded_list(unrecorded)}"with problems" counts runs in which the checker found a lost or doubled row, a wrong checksum
 or result, an illegal transition, or a status change by a person after the fault. Automatic
 resumes are beat's (an event by `beat`, after its reconciler marked the operation `interrupted`);
 worker restarts are a process supervisor's: `operations.supervise` starting a worker that exited

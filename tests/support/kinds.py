@@ -273,3 +273,29 @@ register_kind(Kind(
 register_kind(dataclasses.replace(get_kind("tests.napping"), name="tests.napping_limited",
                                   label="Naps, with a step time limit (tests)", step_time_limit=1.5,
                                   on_deadline="cancel"))
+
+
+# --- a step whose connection the server drops while its threads fail (csv_import's ranges) ------
+
+
+@step(name="tests.lose_connection_and_fail", atomic=False)
+def lose_connection_and_fail(x):
+    """The server drops this thread's (idle) connection, then the step fails with the outage its
+    threads met on their own connections: what a partition does to csv_import in ranges."""
+    import psycopg
+    from django.db import OperationalError, connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    settings_dict = connection.settings_dict
+    with psycopg.connect(host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
+                         dbname=settings_dict["NAME"], autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    raise OperationalError("a part's connection was lost: server closed the connection unexpectedly")
+
+
+register_kind(Kind(
+    name="tests.connection_lost", label="Loses its connection (tests)", form=NoParamsForm,
+    build=lambda p: chain(add.s(1, 1), lose_connection_and_fail.s(), add.s(1)),
+))

@@ -24,10 +24,10 @@ OPTIONS = [
            "Server-side CSV files that csv_import and csv_summary may read (the demo files among them). "
            "Default: MEDIA_ROOT/operations/csv."),
     Option("CSV_CHUNK_ROWS", 50_000, positive_int, "Rows per checkpoint of the CSV import and summary."),
-    Option("CSV_IMPORT_RANGES", 1, positive_int,
+    Option("CSV_IMPORT_RANGES", 2, positive_int,
            "On PostgreSQL, csv_import cuts a large file (two chunks a range at least, no quoted field) "
            "into up to this many byte ranges and loads them side by side, each through its own "
-           "connection; 1 (the default): from the first row to the last."),
+           "connection (ranges + 1 per import); 1: from the first row to the last."),
     Option("CSV_MAX_UPLOAD_MB", 200, positive_int, "The largest CSV upload accepted, in MB."),
     Option("CSV_IMPORT_MAX_CONCURRENT", 1, positive_int_or_none,
            "Unfinished csv_import operations allowed per user (None: no limit)."),

@@ -65,31 +65,26 @@ class Chunk:
 MARK_BYTES = 1 << 16
 
 
-def start_state(path, header, display_name, *, ranges=1, min_range_rows=1):
-    """Check the file before anything runs; return the cursor just after its header.
+def check_file(path, header, display_name):
+    """Refuse a missing file, an empty one, a wrong header and a file with no data rows, reading
+    only its first lines: what starting an import checks before anything runs (the worker's
+    ``start_state`` then reads the whole file once)."""
+    with open(_existing(path, display_name), "rb") as f:
+        _after_header(f, header, display_name)
+        if not f.read(1):
+            raise CsvFileError(display_name, "the file has a header but no data rows")
 
-    Refuses a missing file, an empty one, a wrong header and a file with no data rows. With
-    ``ranges`` > 1, the cursor may instead cut the data into up to that many byte ranges of about
-    the same size, each of at least ``min_range_rows`` lines, at line starts — ``{"ranges":
+
+def start_state(path, header, display_name, *, ranges=1, min_range_rows=1):
+    """Check the file as ``check_file`` does; return the cursor just after its header.
+
+    With ``ranges`` > 1, the cursor may instead cut the data into up to that many byte ranges of
+    about the same size, each of at least ``min_range_rows`` lines, at line starts — ``{"ranges":
     [{"offset", "line", "end", "rows"}, ...], "rows", "total"}`` — to be read side by side; a
     file with a quote stays whole (a quoted field may hold a line end).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CsvFileError(display_name, "no such file")
-    with open(path, "rb") as f:
-        first = f.readline(MAX_LINE_BYTES)
-        if not first.strip():
-            raise CsvFileError(display_name, "the file is empty" if not first else "line 1 is blank; expected a header",
-                               line=None if not first else 1)
-        try:
-            text = first.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise CsvFileError(display_name, f"the header is not valid UTF-8 ({exc.reason})", line=1) from None
-        got = tuple(field.strip().lower() for field in next(csv.reader([text])))
-        if got != tuple(header):
-            raise CsvFileError(display_name, f"expected the header {','.join(header)}, got {','.join(got)}", line=1)
-        offset = f.tell()
+    with open(_existing(path, display_name), "rb") as f:
+        offset = _after_header(f, header, display_name)
         data_lines = 0
         ends_with_newline = True
         quoted = False
@@ -108,6 +103,29 @@ def start_state(path, header, display_name, *, ranges=1, min_range_rows=1):
     state = {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
     count = 1 if quoted else max(1, min(ranges, data_lines // max(1, min_range_rows)))
     return state if count == 1 else _in_ranges(state, marks, position, count)
+
+
+def _existing(path, display_name):
+    path = Path(path)
+    if not path.is_file():
+        raise CsvFileError(display_name, "no such file")
+    return path
+
+
+def _after_header(f, header, display_name):
+    """Read and check the header line of ``f``; return the offset just after it."""
+    first = f.readline(MAX_LINE_BYTES)
+    if not first.strip():
+        raise CsvFileError(display_name, "the file is empty" if not first else "line 1 is blank; expected a header",
+                           line=None if not first else 1)
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CsvFileError(display_name, f"the header is not valid UTF-8 ({exc.reason})", line=1) from None
+    got = tuple(field.strip().lower() for field in next(csv.reader([text])))
+    if got != tuple(header):
+        raise CsvFileError(display_name, f"expected the header {','.join(header)}, got {','.join(got)}", line=1)
+    return f.tell()
 
 
 def _mark(block, position, line, marks):

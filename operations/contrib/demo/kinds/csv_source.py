@@ -8,7 +8,7 @@ from operations import uploads
 from operations.catalogue import InvalidParams
 
 from ..conf import conf
-from ..csvio import CsvFileError, start_state
+from ..csvio import CsvFileError, check_file
 from ..files import PEOPLE_HEADER, RECORD_HEADER
 from .chunking import ChunkedForm
 
@@ -127,7 +127,7 @@ def prepare_source(header):
         else:
             params["source"] = Path(params["path"]).name
         try:
-            start_state(params["path"], header, params["source"])
+            check_file(params["path"], header, params["source"])
         except CsvFileError as exc:
             if upload:
                 Path(params["path"]).unlink(missing_ok=True)
