@@ -1,8 +1,9 @@
 """``csv_import`` of a 1M-row file against a raw PostgreSQL COPY of the same file.
 
 Measures, in one run, on PostgreSQL + Redis through one prefork worker with ``--concurrency 1``:
-the import's time against a single-transaction COPY of the file into a plain table (the
-baseline), the worker's peak RSS while it imports, how fast a pause lands mid-import (and that
+the import's time (one range and two side by side) against a single-transaction COPY of the
+file into a plain table, into one keyed on id, and against the import's own floors (its bytes
+COPYed into the records table in one range and in two side by side), the worker's peak RSS while it imports, how fast a pause lands mid-import (and that
 pause/resume neither loses nor doubles a row), and how large the operation's stored state stays.
 
     python bench/import_csv.py [--rows 1000000] [--rounds 3] [--chunk-rows N] [--profile | --no-profile]
@@ -212,7 +213,7 @@ def run_records_copy(path, rows, parts=1):
             f.seek(start + (size - start) * part // parts)
             f.readline()
             cuts.append(f.tell())
-    cuts.append(size)
+    cuts = sorted({*cuts, size})  # a file too small for its parts has fewer
     prefix = b"%d," % FLOOR_OPERATION
     statement = (f"COPY operations_demo_record ({', '.join(Record.COLUMNS)}) "
                  f"FROM STDIN WITH (FORMAT text, DELIMITER ',', NULL '')")
@@ -228,7 +229,7 @@ def run_records_copy(path, rows, parts=1):
                 last = begin >= end  # the range's last line ends it: no prefix after its newline
                 copy.write((block[:-1] if last else block).replace(b"\n", b"\n" + prefix) + (b"\n" if last else b""))
 
-    connections = [psycopg.connect(DATABASE_URL, autocommit=True) for _ in range(parts)]  # outside the timing
+    connections = [psycopg.connect(DATABASE_URL, autocommit=True) for _ in cuts[1:]]  # outside the timing
     try:
         threads = [threading.Thread(target=copy_range, args=(connection, begin, end))
                    for connection, begin, end in zip(connections, cuts, cuts[1:])]
