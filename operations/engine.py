@@ -433,12 +433,19 @@ def _run_claimed(task, run, index, claim):
     except services.Fenced as exc:
         log.warning("%s: another run owns the operation now; this step's writes were rolled back", exc)
     except Exception as exc:
-        if not _still_owns(operation_id, run_token, ctx.fence):
+        error = exc
+        try:
+            owns = _still_owns(operation_id, run_token, ctx.fence)
+        except Exception as lasting:  # the database is still unavailable: logged, left to beat
+            if not is_outage(lasting):
+                raise
+            error, owns = lasting, True
+        if not owns:
             log.warning("operation %s: step %s of run %s failed (%s: %s) while another delivery or run moved "
                         "the operation on; its writes were rolled back", operation_id, index, run_token,
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             return
-        _retry_or_fail(task, run, index, entry, spec, attempt, exc, f"step {index + 1} of {run.length} ({spec.name})")
+        _retry_or_fail(task, run, index, entry, spec, attempt, error, f"step {index + 1} of {run.length} ({spec.name})")
 
 
 def _still_owns(operation_id, run_token, fence=None):
@@ -446,7 +453,7 @@ def _still_owns(operation_id, run_token, fence=None):
     dead by then although Django does not know it yet: the failure was an outage seen by the
     step's own threads on their connections (csv_import's ranges), or the server dropped this one
     while it sat idle. So an outage on the question itself is asked again once, on a new
-    connection; one that lasts is raised, as any outage."""
+    connection; one that lasts is raised (and, like the step's own, left to the reconciler)."""
     try:
         return services.step_still_owns(operation_id, run_token, fence)
     except Exception as exc:

@@ -290,7 +290,8 @@ def lose_connection_and_fail(x):
         pid = cursor.fetchone()[0]
     settings_dict = connection.settings_dict
     with psycopg.connect(host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
-                         dbname=settings_dict["NAME"], autocommit=True) as other:
+                         password=settings_dict["PASSWORD"] or None, dbname=settings_dict["NAME"],
+                         autocommit=True) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
     raise OperationalError("a part's connection was lost: server closed the connection unexpectedly")
 
