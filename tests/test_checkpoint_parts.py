@@ -11,7 +11,8 @@ from operations.models import Operation
 from operations.states import Status
 
 # Each thread needs a connection of its own, and sees only what the others committed.
-pytestmark = [pytest.mark.backends("pg-redis", "pg-rabbitmq"), pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.backends("pg-redis", "pg-rabbitmq"),
+              pytest.mark.django_db(transaction=True)]
 
 PARTS, CHUNKS = 3, 15
 

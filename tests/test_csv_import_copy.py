@@ -10,7 +10,8 @@ from operations.contrib.demo.kinds.csv_import import copy_input, load_chunk
 from operations.contrib.demo.models import Record
 from operations.models import Operation
 
-pytestmark = [pytest.mark.backends("pg-redis", "pg-rabbitmq"), pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.backends("pg-redis", "pg-rabbitmq"),
+              pytest.mark.django_db(transaction=True)]
 
 ROWS = (b"1,Ann Lee,a@example.org,1.5,2020-01-01\n"
         b"2, spaced , s@example.org , 2 ,2020-01-02\n"

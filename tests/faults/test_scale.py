@@ -119,7 +119,7 @@ def kill_the_importing_child(sampler, at_byte, operation_id, timeline, *, timeou
             counted = operation.progress_done > 0
             if counted:
                 cursor = Operation.objects.values_list("checkpoint", flat=True).get(pk=operation_id)
-                starts += [each["end"] for each in cursor.get("ranges", [])[:-1]]
+                starts += sorted(each["end"] for each in cursor.get("ranges", []))[:-1]  # in file order
         child = sampler.importing_child()
         positions = file_positions(child, sampler.watched) if counted and child is not None else None
         for fd, position in (positions or {}).items():  # a range read to its end keeps its count

@@ -25,9 +25,10 @@ OPTIONS = [
            "Default: MEDIA_ROOT/operations/csv."),
     Option("CSV_CHUNK_ROWS", 50_000, positive_int, "Rows per checkpoint of the CSV import and summary."),
     Option("CSV_IMPORT_RANGES", 2, positive_int,
-           "On PostgreSQL, csv_import cuts a large file (two chunks a range at least, no quoted field) "
-           "into up to this many byte ranges and loads them side by side, each through its own "
-           "connection (ranges + 1 per import); 1: from the first row to the last."),
+           "On PostgreSQL, csv_import loads a large file (four chunks at least) in byte ranges through "
+           "up to this many connections side by side (ranges + 1 per import): a connection done with its "
+           "range takes the second half of the largest one left (never after a quoted field); "
+           "1: from the first row to the last."),
     Option("CSV_MAX_UPLOAD_MB", 200, positive_int, "The largest CSV upload accepted, in MB."),
     Option("CSV_IMPORT_MAX_CONCURRENT", 1, positive_int_or_none,
            "Unfinished csv_import operations allowed per user (None: no limit)."),

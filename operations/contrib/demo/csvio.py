@@ -5,7 +5,6 @@ the cursor of the last checkpoint. Every error names the file, the line and, whe
 the column.
 """
 
-import bisect
 import csv
 import io
 import queue
@@ -61,48 +60,34 @@ class Chunk:
         return self.first_line + index if self.blocks is not None else self.lines[index]
 
 
-#: Where the file may be cut into ranges: the first line start after every this many bytes.
-MARK_BYTES = 1 << 16
-
-
 def check_file(path, header, display_name):
     """Refuse a missing file, an empty one, a wrong header and a file with no data rows, reading
     only its first lines: what starting an import checks before anything runs (the worker's
-    ``start_state`` then reads the whole file once)."""
+    ``start_state`` then reads the whole file once). Returns the offset of the first data row
+    and about how many lines follow (the file's size ÷ the mean length of its first lines)."""
     with open(_existing(path, display_name), "rb") as f:
-        _after_header(f, header, display_name)
-        if not f.read(1):
+        offset = _after_header(f, header, display_name)
+        sample = f.read(1 << 16)
+        if not sample:
             raise CsvFileError(display_name, "the file has a header but no data rows")
+        size = f.seek(0, 2)
+    return offset, round((size - offset) * (sample.count(b"\n") or 1) / len(sample))
 
 
-def start_state(path, header, display_name, *, ranges=1, min_range_rows=1):
-    """Check the file as ``check_file`` does; return the cursor just after its header.
-
-    With ``ranges`` > 1, the cursor may instead cut the data into up to that many byte ranges of
-    about the same size, each of at least ``min_range_rows`` lines, at line starts — ``{"ranges":
-    [{"offset", "line", "end", "rows"}, ...], "rows", "total"}`` — to be read side by side; a
-    file with a quote stays whole (a quoted field may hold a line end).
-    """
+def start_state(path, header, display_name):
+    """Check the file as ``check_file`` does; return the cursor just after its header, with the
+    total of its data lines (the progress's total)."""
     with open(_existing(path, display_name), "rb") as f:
         offset = _after_header(f, header, display_name)
         data_lines = 0
         ends_with_newline = True
-        quoted = False
-        marks = []  # (offset of a line start, its line), one per MARK_BYTES of the file
-        position = offset
         while block := f.read(1 << 20):
-            if ranges > 1:
-                quoted = quoted or b'"' in block
-                _mark(block, position, 2 + data_lines, marks)
             data_lines += block.count(b"\n")
             ends_with_newline = block.endswith(b"\n")
-            position += len(block)
         data_lines += 0 if ends_with_newline else 1
     if data_lines == 0:
         raise CsvFileError(display_name, "the file has a header but no data rows")
-    state = {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
-    count = 1 if quoted else max(1, min(ranges, data_lines // max(1, min_range_rows)))
-    return state if count == 1 else _in_ranges(state, marks, position, count)
+    return {"offset": offset, "line": 2, "rows": 0, "total": data_lines}
 
 
 def _existing(path, display_name):
@@ -126,38 +111,6 @@ def _after_header(f, header, display_name):
     if got != tuple(header):
         raise CsvFileError(display_name, f"expected the header {','.join(header)}, got {','.join(got)}", line=1)
     return f.tell()
-
-
-def _mark(block, position, line, marks):
-    """Append to ``marks`` the first line start after each MARK_BYTES of ``block`` (read at
-    ``position`` of the file, its first byte on ``line``), counting the newlines once."""
-    counted = 0
-    for start in range(0, len(block), MARK_BYTES):
-        newline = block.find(b"\n", max(start, counted), start + MARK_BYTES)
-        if newline < 0 or newline + 1 == len(block):
-            continue
-        line += block.count(b"\n", counted, newline + 1)
-        counted = newline + 1
-        marks.append((position + counted, line))
-
-
-def _in_ranges(state, marks, size, count):
-    """``state`` cut at the marks nearest to ``count`` equal parts of the data (fewer ranges if
-    the marks are too few)."""
-    offset = state["offset"]
-    cuts = []
-    for part in range(1, count):
-        target = offset + (size - offset) * part // count
-        index = bisect.bisect_left(marks, (target, 0))
-        if index < len(marks) and marks[index][0] < size and (not cuts or marks[index][0] > cuts[-1][0]):
-            cuts.append(marks[index])
-    if not cuts:
-        return state
-    starts = [(offset, state["line"]), *cuts]
-    ends = [cut[0] for cut in cuts] + [size]
-    return {"ranges": [{"offset": start, "line": line, "end": end, "rows": 0}
-                       for (start, line), end in zip(starts, ends)],
-            "rows": 0, "total": state["total"]}
 
 
 def nth_newline(raw, n, count):

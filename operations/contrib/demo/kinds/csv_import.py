@@ -3,11 +3,13 @@
 Each chunk's rows, the cursor (byte offset + line) and the progress commit in one transaction,
 so a pause or cancel lands within one chunk and a crash loses at most the chunk in flight. A bad
 row fails the operation with its line, column and reason; nothing of its chunk is committed. On
-PostgreSQL a large file may be cut into byte ranges (``ranges``, TAP_CSV_IMPORT_RANGES) loaded side
-by side, one connection each; the cursor then holds each range's, and a chunk of any range commits with all.
+PostgreSQL a large file is loaded in byte ranges through up to ``ranges`` (TAP_CSV_IMPORT_RANGES)
+connections side by side, shared out as they go (``byteranges``); the cursor then holds each
+range's, and a chunk of any range commits with all.
 """
 
 import datetime
+import os
 from contextlib import closing
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import partial
@@ -21,10 +23,12 @@ from operations.conf import conf as engine_conf
 from operations.outages import is_outage
 from operations.workflow import step
 
+from ..byteranges import SharedRanges, first_cursor, with_cut, with_range
 from ..conf import conf
-from ..csvio import CsvFileError, chunks, copy_error, parse, start_state
+from ..csvio import CsvFileError, check_file, chunks, copy_error, parse, start_state
 from ..files import RECORD_HEADER
 from ..models import Record
+from ..pacing import Pace
 from ..rowstore import copy_csv, is_postgresql, write_rows
 from ..together import run_side_by_side
 from .csv_source import CsvSourceForm, prepare_source, start_again_from
@@ -43,19 +47,19 @@ MAX_RANGES = 16
 class ImportForm(CsvSourceForm):
     ranges = forms.IntegerField(
         required=False, min_value=1, max_value=MAX_RANGES,
-        help_text="On PostgreSQL, a large file is cut into up to this many byte ranges, loaded side by "
-                  "side (one database connection each); 1: from the first row to the last.")
+        help_text="On PostgreSQL, a large file is loaded in byte ranges through up to this many database "
+                  "connections side by side; 1: from the first row to the last.")
     setting_defaults = {**CsvSourceForm.setting_defaults, "ranges": lambda: conf.CSV_IMPORT_RANGES}
 
 
 @step(name="operations.csv_import", context=True, atomic=False)
 def import_csv(ctx, path, source, chunk_rows, rows_per_second=None, ranges=None):
     on_postgresql = is_postgresql()
-    if ctx.state is None and on_postgresql:  # a large file: in byte ranges, loaded side by side
-        ctx.state = start_state(path, RECORD_HEADER, source, ranges=ranges or conf.CSV_IMPORT_RANGES,
-                                min_range_rows=MIN_RANGE_CHUNKS * chunk_rows)
+    side_by_side = (ranges or conf.CSV_IMPORT_RANGES) if on_postgresql else 1
+    if ctx.state is None and side_by_side > 1:
+        ctx.state = first_state(path, source, chunk_rows)
     if ctx.state is not None and "ranges" in ctx.state:
-        import_in_ranges(ctx, path, source, chunk_rows, rows_per_second)
+        import_in_ranges(ctx, path, source, chunk_rows, rows_per_second, side_by_side)
         return {"rows": ctx.state["rows"], "file": source}
     # On PostgreSQL a reader thread reads the next chunk, and turns it into COPY's input, while
     # this one is copied: the chunks, their cursors and their errors stay those of a plain read.
@@ -69,39 +73,64 @@ def import_csv(ctx, path, source, chunk_rows, rows_per_second=None, ranges=None)
     return {"rows": (ctx.state or {}).get("rows", 0), "file": source}
 
 
-#: A file is cut into ranges only if each range holds at least this many chunks.
-MIN_RANGE_CHUNKS = 2
+#: A file is loaded in ranges only if it holds at least this many chunks.
+IN_RANGES_CHUNKS = 4
+#: A file up to this size has its lines counted before it is loaded (a few milliseconds): it may
+#: stay whole. A larger one is loaded in ranges at once, its lines counted beside the loading.
+COUNTED_FIRST_BYTES = 16 << 20
 
 
-def import_in_ranges(ctx, path, source, chunk_rows, rows_per_second):
-    """PostgreSQL: each byte range of ``ctx.state`` through its own connection and COPYs, side by
-    side; each chunk commits with the cursor of every range (its own moved on), so a crash or a
-    pause resumes each range where its last chunk committed."""
-    ranges = ctx.state["ranges"]
-    pace = rows_per_second / len(ranges) if rows_per_second else None  # the ranges share the rate
+def first_state(path, source, chunk_rows):
+    """The cursor of an import on PostgreSQL that has not begun: in ranges for a large file."""
+    size = os.path.getsize(path)
+    if size > COUNTED_FIRST_BYTES:
+        offset, about = check_file(path, RECORD_HEADER, source)  # about: the mean line of its start
+        return first_cursor(offset, size) if about >= IN_RANGES_CHUNKS * chunk_rows else None
+    state = start_state(path, RECORD_HEADER, source)
+    return first_cursor(state["offset"], size, state["total"]) if state["total"] >= IN_RANGES_CHUNKS * chunk_rows else state
 
-    def import_range(index, stopping):
-        # No reader thread ahead of each range: while one range's chunk is being copied, another
-        # range reads its next one; one chunk in memory per range, prefixed as it is sent.
-        reader = chunks(ranges[index], path, RECORD_HEADER, source, chunk_rows, pace, blocks=True)
-        with closing(reader):
-            for chunk, cursor in reader:
-                if stopping.is_set():  # another range failed, or saw a pause or cancel
-                    return
-                with ctx.checkpoint(partial(_with_range, index, cursor), done=_rows, total=_total):
-                    load_chunk(ctx.operation_id, chunk, source, side_by_side=True)
 
-    run_side_by_side([partial(import_range, index) for index, cursor in enumerate(ranges)
-                      if cursor["offset"] < cursor["end"]], name="csv-range")
+def import_in_ranges(ctx, path, source, chunk_rows, rows_per_second, side_by_side):
+    """PostgreSQL: the byte ranges of ``ctx.state`` loaded by ``side_by_side`` threads, each
+    through its own connection and COPYs; a thread with no range left cuts the largest one in
+    two (``byteranges``). Each chunk commits with the cursor of every range (its own moved on),
+    so a crash or a pause resumes each range where its last chunk committed."""
+    bytes_left = sum(each["end"] - each["offset"] for each in ctx.state["ranges"])
+    counted = ctx.state["total"] is not None
+    # Not counted yet: meanwhile, the mean line of the file's start.
+    data_start, rows_left = (None, ctx.state["total"] - ctx.state["rows"]) if counted else check_file(
+        path, RECORD_HEADER, source)
+    shared = SharedRanges(path, ctx.state["ranges"], chunk_rows=chunk_rows,
+                          bytes_per_row=bytes_left / max(1, rows_left), threads=side_by_side)
+    pace = rows_per_second / side_by_side if rows_per_second else None  # the threads share the rate
+
+    def commit_cut(cut):
+        with ctx.checkpoint(shared.after(with_cut, cut), done=_rows, total=_total):
+            pass
+
+    def load(stopping):
+        # One chunk in memory per thread, prefixed as it is sent: while one thread's chunk is
+        # being copied, another reads its next one. (Reading the next chunk while PostgreSQL
+        # still copies this one was slower: bench/README.md.)
+        with open(path, "rb") as f:
+            paced = Pace(pace)
+            while not stopping.is_set():
+                # An unfinished range of a resumed import first; then half of the largest one left.
+                if (index := shared.take()) is None and (index := shared.cut(commit_cut)) is None:
+                    return  # nothing left worth sharing
+                rows = ctx.state["ranges"][index]["rows"]
+                while not stopping.is_set() and (chunk := shared.read(index, f, source)) is not None:
+                    rows += chunk.rows
+                    cursor = {"offset": chunk.next_offset, "line": chunk.next_line, "rows": rows}
+                    with ctx.checkpoint(shared.after(with_range, index, cursor), done=_rows, total=_total):
+                        load_chunk(ctx.operation_id, chunk, source, side_by_side=True)
+                    paced(chunk.rows)
+
+    counting = [] if counted else [partial(shared.count, data_start)]  # beside the loading, holding no connection
+    run_side_by_side([load] * side_by_side + counting, name="csv-range")
     if ctx.state["total"] != ctx.state["rows"]:  # the line count held blank lines: the exact total
         with ctx.checkpoint(lambda last: {**last, "total": last["rows"]}, done=_rows, total=_total):
             pass
-
-
-def _with_range(index, cursor, last):
-    ranges = [*last["ranges"]]
-    ranges[index] = cursor
-    return {**last, "ranges": ranges, "rows": sum(each["rows"] for each in ranges)}
 
 
 def _rows(state):
