@@ -3,7 +3,7 @@
 import io
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from operations.contrib.demo import csvio
 

@@ -8,7 +8,6 @@ from django.db import connection
 from operations import engine
 from operations.contrib.demo.files import write_demo_csv
 from operations.contrib.demo.kinds import csv_import
-from operations.contrib.demo.models import Record
 from operations.exceptions import StopStep
 from operations.models import Operation
 from operations.states import Status
