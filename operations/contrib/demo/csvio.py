@@ -62,9 +62,9 @@ class Chunk:
 
 def check_file(path, header, display_name):
     """Refuse a missing file, an empty one, a wrong header and a file with no data rows, reading
-    only its first lines: what starting an import checks before anything runs (the worker's
-    ``start_state`` then reads the whole file once). Returns the offset of the first data row
-    and about how many lines follow (the file's size ÷ the mean length of its first lines)."""
+    only its first lines: what starting an import checks before anything runs (the worker then
+    counts the lines once). Returns the offset of the first data row and about how many lines
+    follow (the file's size ÷ the mean length of its first 64 KiB's lines)."""
     with open(_existing(path, display_name), "rb") as f:
         offset = _after_header(f, header, display_name)
         sample = f.read(1 << 16)
