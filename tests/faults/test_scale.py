@@ -93,8 +93,7 @@ def drive(operation_id, timeline, sampler, until, *, timeout, what):
 
 
 def file_positions(process, path):
-    """{descriptor: offset} of each open file of ``process`` on ``path`` (on PostgreSQL the import
-    reads the file's byte ranges side by side, one descriptor each), or None."""
+    """{descriptor: offset} of each open file of ``process`` on ``path``, or None."""
     try:
         return {f.fd: f.position for f in process.open_files() if Path(f.path) == path} or None
     except (psutil.Error, FileNotFoundError):
@@ -104,27 +103,33 @@ def file_positions(process, path):
 def kill_the_importing_child(sampler, at_byte, operation_id, timeline, *, timeout):
     """SIGKILL the pool child running the step once it has read ``at_byte`` bytes of the file.
 
-    The offset is watched in a tight loop, not only the checkpoints: at 270,000 rows/s a
-    50,000-row chunk takes 0.2 s, so polling the progress could see the whole import end first.
-    The offset counts only once a checkpoint is committed: the step's first pass, which counts
-    the lines, reads the whole file in a few milliseconds."""
+    One range (SQLite): the offset of the child's descriptor on the file is watched in a tight
+    loop, not only the checkpoints: at 270,000 rows/s a 50,000-row chunk takes 0.2 s, so polling
+    the progress could see the whole import end first. It counts only once a checkpoint is
+    committed: the step's first pass, which counts the lines, reads the whole file in a few
+    milliseconds. In ranges (PostgreSQL), the lines are counted beside the loading, through a
+    descriptor of their own that runs ahead of the loading ones: there the bytes are those no
+    range of the committed cursor has left to read (its chunks get smaller near the end, so a
+    checkpoint comes often)."""
     deadline = time.monotonic() + timeout
-    counted = False
-    starts = [0]  # where each of the file's ranges starts (one range: the file's start)
-    read = {}  # descriptor → bytes it has read of its range
+    size = sampler.watched.stat().st_size
+    in_ranges = None  # known at the first checkpoint with rows
     while True:
-        if not counted:
+        if in_ranges is None:
             operation = poll(operation_id, timeline, sampler)
             assert operation.status not in TERMINAL, f"the import was {operation.status} before the fault"
-            counted = operation.progress_done > 0
-            if counted:
+            if operation.progress_done > 0:
                 cursor = Operation.objects.values_list("checkpoint", flat=True).get(pk=operation_id)
-                starts += sorted(each["end"] for each in cursor.get("ranges", []))[:-1]  # in file order
+                in_ranges = "ranges" in cursor
         child = sampler.importing_child()
-        positions = file_positions(child, sampler.watched) if counted and child is not None else None
-        for fd, position in (positions or {}).items():  # a range read to its end keeps its count
-            read[fd] = position - max(start for start in starts if start <= position)
-        if sum(read.values()) >= at_byte:
+        if in_ranges:
+            status, cursor = Operation.objects.values_list("status", "checkpoint").get(pk=operation_id)
+            assert status not in TERMINAL, f"the import was {status} before the fault"
+            read = size - sum(each["end"] - each["offset"] for each in cursor["ranges"])
+        else:
+            positions = file_positions(child, sampler.watched) if in_ranges is False and child is not None else None
+            read = sum((positions or {}).values())
+        if read >= at_byte and child is not None:
             break
         assert time.monotonic() < deadline, f"no pool child read {at_byte} bytes of the CSV in {timeout:.0f}s"
         time.sleep(0.005)
