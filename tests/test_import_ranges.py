@@ -50,9 +50,9 @@ def test_a_large_file_loads_at_once_in_ranges_counted_beside(large):
     # Every checkpoint's progress, as committed: the total comes with one before the last row.
     with connection.cursor() as cursor:
         cursor.execute(f"""
-            CREATE TABLE progress_seen (done bigint, total bigint);
+            CREATE TABLE progress_seen (seen serial PRIMARY KEY, done bigint, total bigint);
             CREATE FUNCTION progress_seen() RETURNS trigger AS $$ BEGIN
-                INSERT INTO progress_seen VALUES (NEW.progress_done, NEW.progress_total);
+                INSERT INTO progress_seen (done, total) VALUES (NEW.progress_done, NEW.progress_total);
                 RETURN NEW;
             END $$ LANGUAGE plpgsql;
             CREATE TRIGGER progress_seen AFTER UPDATE OF fence ON operations_operation
@@ -60,7 +60,7 @@ def test_a_large_file_loads_at_once_in_ranges_counted_beside(large):
     try:
         assert run(operation) == {"rows": ROWS, "file": "large.csv"}
         with connection.cursor() as cursor:
-            cursor.execute("SELECT done, total FROM progress_seen")
+            cursor.execute("SELECT done, total FROM progress_seen ORDER BY seen")
             seen = cursor.fetchall()
     finally:
         with connection.cursor() as cursor:
