@@ -138,14 +138,15 @@ def setup_django():
     call_command("migrate", verbosity=0)
 
 
-def make_worker(log_path, *, name="bench", env=None):
+def make_worker(log_path, *, name="bench", env=None, queues=None):
     """The benchmarks' worker: one prefork pool process (``--concurrency 1``); a fresh log.
 
-    ``env``: its environment (default: this process's, as ``configure_environment`` set it)."""
+    ``env``: its environment (default: this process's, as ``configure_environment`` set it);
+    ``queues``: the queues it consumes (default: the default queue)."""
     from tests.support.worker import WorkerProcess
 
     worker = WorkerProcess(dict(os.environ if env is None else env), log_path, concurrency=1,
-                           pool="prefork", name=name)
+                           pool="prefork", name=name, queues=queues)
     worker.log_path.unlink(missing_ok=True)
     return worker
 
@@ -192,6 +193,18 @@ def running(worker):
     worker.start()
     try:
         worker.wait_ready()
+        yield worker
+    finally:
+        worker.kill()
+
+
+@contextmanager
+def started(worker):
+    """``running`` for a worker of its own queues, which a ping on the default queue would not
+    reach: ready once its log says so (its first task then proves it end to end)."""
+    worker.start()
+    try:
+        worker.wait_started()
         yield worker
     finally:
         worker.kill()

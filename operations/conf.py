@@ -230,7 +230,8 @@ OPTIONS = [
            "DEFAULT_AUTHENTICATION_CLASSES, with TokenAuthentication first when rest_framework.authtoken "
            "is installed."),
     Option("BROKER_TRANSPORTS", True, boolean,
-           "Use the app's fixed kombu transports for redis:// (workers survive a Redis restart) and "
+           "Use the app's fixed kombu transports for redis:// (workers survive a Redis restart; one Redis "
+           "client per connection pool, not one per command) and "
            "filesystem:// (atomic publish) broker URLs, unless CELERY_BROKER_TRANSPORT is set."),
     Option("IDLE_IN_TRANSACTION_TIMEOUT", None, non_negative_number_or_none,
            "PostgreSQL, in worker processes: seconds after which the server ends a session left idle "
