@@ -189,22 +189,12 @@ def running(worker):
     """Start ``worker``, wait until it has run a task end to end, kill it at the end.
 
     Killed, not stopped warm: every benchmark has waited for its last task by then, and a warm
-    shutdown takes ~3 s, which counts in ``make bench-smoke``'s minute."""
+    shutdown takes ~3 s, which counts in ``make bench-smoke``'s minute. A worker of its own
+    queues (``worker.queues``) never gets the ping on the default queue: it is ready once its log
+    says so, and its first task then proves it end to end."""
     worker.start()
     try:
-        worker.wait_ready()
-        yield worker
-    finally:
-        worker.kill()
-
-
-@contextmanager
-def started(worker):
-    """``running`` for a worker of its own queues, which a ping on the default queue would not
-    reach: ready once its log says so (its first task then proves it end to end)."""
-    worker.start()
-    try:
-        worker.wait_started()
+        worker.wait_started() if worker.queues else worker.wait_ready()
         yield worker
     finally:
         worker.kill()

@@ -358,7 +358,7 @@ def main(argv=None):
     print(f"PostgreSQL {common.server_label(DATABASE_URL)} + Redis {common.server_label(BROKER_URL)}; "
           f"one prefork worker, --concurrency 1 (log: {worker.log_path.relative_to(ROOT)}); the stock hop's "
           f"worker alike, on kombu's own transport (log: {stock.log_path.relative_to(ROOT)})", flush=True)
-    with common.running(worker), common.started(stock):
+    with common.running(worker), common.running(stock):
         for side in SIDES.values():  # warm-up: imports, connections, first-call code paths
             side(20)
         medians, workflow_bytes = measure(args.steps, args.rounds)

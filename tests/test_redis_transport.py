@@ -17,8 +17,8 @@ def _round_trips(transport, messages=MESSAGES):
     """Publish ``messages`` messages on a fresh queue, then get and ack each. Returns the clients
     built (their pools), the payloads and delivery tags received, the channel, its connection and
     the queue (the caller deletes it and releases the connection)."""
-    queue = Queue(f"client-reuse-{uuid.uuid4().hex[:8]}", Exchange("client-reuse", type="direct"),
-                  routing_key="client-reuse")
+    name = f"client-reuse-{uuid.uuid4().hex[:8]}"  # its own exchange too: no other run's queue is bound
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     connection = Connection(settings.CELERY_BROKER_URL, transport=transport)
     channel = connection.default_channel
     built = []
@@ -35,7 +35,7 @@ def _round_trips(transport, messages=MESSAGES):
     try:
         producer = connection.Producer(channel)
         for number in range(messages):
-            producer.publish({"n": number}, exchange=queue.exchange, routing_key="client-reuse")
+            producer.publish({"n": number}, exchange=queue.exchange, routing_key=name)
         while (message := bound.get(no_ack=False)) is not None:
             received.append(message.payload["n"])
             tags.append(message.delivery_tag)
@@ -82,7 +82,7 @@ def test_a_new_pool_after_a_fork_gets_a_new_client():
         old_client = run.channel._create_client()
         run.channel._after_fork()
         run.connection.Producer(run.channel).publish({"n": "after"}, exchange=run.queue.exchange,
-                                                     routing_key="client-reuse")
+                                                     routing_key=run.queue.routing_key)
         message = run.queue.get(no_ack=False)
         assert message is not None and message.payload == {"n": "after"}
         message.ack()
