@@ -321,10 +321,17 @@ class AdvanceClaims:
 advance_claims = AdvanceClaims()
 
 
-#: How long a message published while its advance ran (``Run._advance_overlapped``) waits for that
-#: advance to land, when it arrives first; an advance that failed never lands, and its step runs
-#: again by its own retry or recovery.
+#: The least a message published while its advance ran (``Run._advance_overlapped``) waits for
+#: that advance to land, when it arrives first (``hop_wait_seconds``).
 HOP_WAIT_SECONDS = 2.0
+
+
+def hop_wait_seconds() -> float:
+    """How long a message waits for the advance that sent it: a heartbeat interval (at least
+    HOP_WAIT_SECONDS). An advance held up that long (a lock on the row, a stalled disk, lost
+    packets) still lands in time to have its step run by its own message; one that failed never
+    lands, and the row moves on by the step's retry or recovery, which ends the wait sooner."""
+    return max(HOP_WAIT_SECONDS, heartbeat_interval())
 
 
 def run_step(task, operation_id, run_token, index, hop=None):
@@ -354,7 +361,7 @@ def run_step(task, operation_id, run_token, index, hop=None):
 def _await_advance(operation_id, run_token, index, hop, claim):
     """A message published while its advance ran can be delivered before the advance lands: while
     the row is one step behind the message, without its token, read it again."""
-    delay, deadline = 0.0005, time.monotonic() + HOP_WAIT_SECONDS
+    delay, deadline = 0.0005, time.monotonic() + hop_wait_seconds()
     while (claim is not None and claim.hop != hop and claim.step_index == index - 1
            and time.monotonic() < deadline):
         time.sleep(delay)
@@ -584,7 +591,7 @@ def _log_stale(operation_id, run_token, index, claim, hop=None):
         return
     if claim is not None and hop is not None and claim.step_index == index - 1:
         log.warning("operation %s: ignored step %s of run %s: the advance that sent it did not land within %s s "
-                    "(its step runs again by its retry or recovery)", operation_id, index, run_token, HOP_WAIT_SECONDS)
+                    "(its step runs again by its retry or recovery)", operation_id, index, run_token, hop_wait_seconds())
         return
     if claim is not None:
         log.warning("operation %s: ignored step %s of run %s: the operation is at step %s "

@@ -44,7 +44,22 @@ def unreachable_services():
     return missing
 
 
+#: The one backend whose session runs the tests not marked ``integration`` (the others run ``-m integration``).
+FULL_RUN_BACKEND = "sqlite-fs"
+
+
+def _running_nowhere(items):
+    """Tests whose ``backends`` leave out the full run's backend but that are not ``integration``:
+    every session would deselect them, so they would pass by never running."""
+    return [item.nodeid for item in items
+            if (marker := item.get_closest_marker("backends")) and FULL_RUN_BACKEND not in marker.args
+            and not item.get_closest_marker("integration")]
+
+
 def pytest_collection_modifyitems(config, items):
+    if nowhere := _running_nowhere(items):
+        raise pytest.UsageError("these tests would run on no backend (the sessions on other backends than "
+                                f"{FULL_RUN_BACKEND} run only integration tests): mark them integration: {', '.join(nowhere)}")
     selected, deselected = [], []
     long_tests = os.environ.get("TAP_LONG_TESTS") == "1"
     for item in items:

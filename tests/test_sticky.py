@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 
 from operations import engine, services
 from operations.models import Operation
@@ -149,7 +149,8 @@ def test_the_step_after_a_group_goes_on_by_its_own_message(published):
 # --- a step through the broker: its message published while its advance runs ---------------------
 
 
-@pytest.mark.backends("pg-redis", "pg-rabbitmq")  # the overlap needs PostgreSQL; elsewhere: advance, then publish
+@pytest.mark.integration  # the overlap needs PostgreSQL (elsewhere: advance, then publish); no worker
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
 @pytest.mark.django_db(transaction=True)
 def test_a_message_published_while_its_advance_ran_runs_only_once_that_advance_won(published, settings, monkeypatch,
                                                                                    caplog):
@@ -188,20 +189,73 @@ def test_a_message_published_while_its_advance_ran_runs_only_once_that_advance_w
     assert run(3, 333).step_index == 4
 
 
+@pytest.mark.integration
 @pytest.mark.backends("pg-redis", "pg-rabbitmq")
 @pytest.mark.django_db(transaction=True)
 def test_a_message_whose_advance_never_lands_gives_up_and_the_step_is_not_lost(published, settings, monkeypatch,
                                                                                caplog):
     settings.TAP_STICKY_STEPS = 1
+    settings.TAP_HEARTBEAT_LEASE = 2  # the wait: a heartbeat interval, 0.5 s (at least HOP_WAIT_SECONDS)
     monkeypatch.setattr(engine, "HOP_WAIT_SECONDS", 0.2)
     operation = services.operation_start(kind="arithmetic", params={"steps": 5}, actor="cli")
     with caplog.at_level("WARNING", logger="operations.engine"):
         engine.run_step(FakeTask([operation.pk, operation.run_token, 1]), operation.pk, operation.run_token, 1, hop=5)
     assert Operation.objects.get(pk=operation.pk).step_index == 0
-    assert "did not land within 0.2 s" in caplog.text
+    assert "did not land within 0.5 s" in caplog.text
     assert run_message(operation, 0).step_index == 1  # step 0's own message still runs it
 
 
+@pytest.mark.integration
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.django_db(transaction=True)
+def test_a_message_waits_for_an_advance_that_lands_late(published, settings, monkeypatch):
+    """An advance held up for seconds (here by a lock on the row; in life a stalled disk, a lost
+    packet): its message, delivered meanwhile, still runs the next step once it lands, instead of
+    being dropped and leaving the operation to the reconciler a lease later."""
+    settings.TAP_STICKY_STEPS = 1
+    settings.TAP_HEARTBEAT_LEASE = 20  # the wait for a late advance: a heartbeat interval, 5 s
+    sent = []
+    monkeypatch.setattr(services.current_app, "send_task",
+                        lambda name, args=None, kwargs=None, **options: sent.append((args[2], (kwargs or {}).get("hop"))))
+    operation = services.operation_start(kind="arithmetic", params={"steps": 5}, actor="cli")
+    sent.clear()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        with transaction.atomic():
+            Operation.objects.select_for_update().get(pk=operation.pk)
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    def run(index, hop=None):
+        engine.run_step(FakeTask([operation.pk, operation.run_token, index]), operation.pk, operation.run_token,
+                        index, hop=hop)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+    step_0 = threading.Thread(target=run, args=(0,))  # its advance waits for the lock, its message is out
+    step_0.start()
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    index, hop = sent[0]
+    step_1 = threading.Thread(target=run, args=(index, hop))  # delivered while the advance is held up
+    step_1.start()
+    time.sleep(3)  # longer than a message used to wait (2 s)
+    assert Operation.objects.get(pk=operation.pk).step_index == 0
+    release.set()
+    for thread in (holder, step_0, step_1):
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+    after = Operation.objects.get(pk=operation.pk)
+    assert (after.step_index, after.progress_done) == (2, 2)  # step 1 ran, once, after step 0's advance
+    assert [index for index, _ in sent] == [1, 2]
+
+
+@pytest.mark.integration
 @pytest.mark.backends("pg-redis", "pg-rabbitmq")
 @pytest.mark.django_db(transaction=True)
 def test_a_message_back_at_the_process_whose_advance_sent_it_runs_without_reading(published, settings,
