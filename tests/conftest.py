@@ -44,22 +44,31 @@ def unreachable_services():
     return missing
 
 
-#: The one backend whose session runs the tests not marked ``integration`` (the others run ``-m integration``).
-FULL_RUN_BACKEND = "sqlite-fs"
+#: The sessions of make test and make test-long (Makefile): (backend, only the integration tests,
+#: the minutes tests instead of the others).
+SESSIONS = (("sqlite-fs", False, False), ("pg-redis", True, False), ("pg-rabbitmq", True, False),
+            ("pg-redis", True, True))
+
+
+def _taken_by(item, backend, integration_only, minutes):
+    marker = item.get_closest_marker("backends")
+    return ((marker is None or backend in marker.args)
+            and (not integration_only or item.get_closest_marker("integration") is not None)
+            and bool(item.get_closest_marker("minutes")) == minutes)
 
 
 def _running_nowhere(items):
-    """Tests whose ``backends`` leave out the full run's backend but that are not ``integration``:
-    every session would deselect them, so they would pass by never running."""
-    return [item.nodeid for item in items
-            if (marker := item.get_closest_marker("backends")) and FULL_RUN_BACKEND not in marker.args
-            and not item.get_closest_marker("integration")]
+    """Tests that no session takes (their ``backends`` left out sqlite-fs, but they are not
+    ``integration``; or ``minutes`` but not on pg-redis): they would pass by never running."""
+    return [item.nodeid for item in items if not any(_taken_by(item, *session) for session in SESSIONS)]
 
 
 def pytest_collection_modifyitems(config, items):
     if nowhere := _running_nowhere(items):
-        raise pytest.UsageError("these tests would run on no backend (the sessions on other backends than "
-                                f"{FULL_RUN_BACKEND} run only integration tests): mark them integration: {', '.join(nowhere)}")
+        raise pytest.UsageError(
+            "these tests would run in no session of make test (sqlite-fs: every test; pg-redis and pg-rabbitmq: "
+            "the integration tests; make test-long: the integration and minutes tests on pg-redis): "
+            + ", ".join(nowhere))
     selected, deselected = [], []
     long_tests = os.environ.get("TAP_LONG_TESTS") == "1"
     for item in items:

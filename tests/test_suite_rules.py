@@ -1,4 +1,4 @@
-"""The suite's own rules (tests/conftest.py): a test limited to some backends still runs somewhere."""
+"""The suite's own rules (tests/conftest.py): every test runs in some session of make test."""
 
 import pytest
 
@@ -16,12 +16,20 @@ class Item:
         return self.marks.get(name)
 
 
-def test_a_test_limited_to_postgresql_runs_nowhere_unless_it_is_integration():
-    pg_only = pytest.mark.backends("pg-redis", "pg-rabbitmq").mark
+PG_ONLY = pytest.mark.backends("pg-redis", "pg-rabbitmq").mark
+INTEGRATION = pytest.mark.integration.mark
+MINUTES = pytest.mark.minutes.mark
+
+
+def test_a_test_that_no_session_takes_is_named():
     items = [
-        Item("tests/x.py::pg_only", pg_only),
-        Item("tests/x.py::pg_integration", pg_only, pytest.mark.integration.mark),
-        Item("tests/x.py::with_sqlite", pytest.mark.backends("sqlite-fs", "pg-redis").mark),
-        Item("tests/x.py::everywhere"),
+        Item("x::pg_only", PG_ONLY),
+        Item("x::pg_integration", PG_ONLY, INTEGRATION),
+        Item("x::with_sqlite", pytest.mark.backends("sqlite-fs", "pg-redis").mark),
+        Item("x::everywhere"),
+        Item("x::minutes_not_integration", MINUTES),
+        Item("x::minutes_on_rabbitmq_only", MINUTES, INTEGRATION, pytest.mark.backends("pg-rabbitmq").mark),
+        Item("x::minutes", MINUTES, INTEGRATION),
     ]
-    assert conftest._running_nowhere(items) == ["tests/x.py::pg_only"]
+    assert conftest._running_nowhere(items) == ["x::pg_only", "x::minutes_not_integration",
+                                                "x::minutes_on_rabbitmq_only"]
