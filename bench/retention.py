@@ -92,7 +92,7 @@ def child(batch):
     from operations.models import Operation
 
     Operation.objects.filter(services.retention_due()).exists()  # warm: imports, the connection
-    locks, fetches, records = [], [], []
+    locks, fetches, pages, records = [], [], [], []
     deleting_records = f"DELETE FROM {connection.ops.quote_name(Record._meta.db_table)} "
 
     def watch(execute, sql, params, many, context):
@@ -103,6 +103,7 @@ def child(batch):
             records.append(0)
         elif sql.startswith("SELECT") and " LIMIT " in sql and '"finished_at"' in sql:
             fetches.append(now)
+            pages.append(time.perf_counter() - now)
         elif sql.startswith(deleting_records) and records:
             records[-1] += max(0, context["cursor"].rowcount)
         return result
@@ -118,7 +119,7 @@ def child(batch):
         after = [t for t in fetches if t > lock]
         batches.append((lock, (after[0] if after else ended) - lock, rows))
     print(json.dumps({"seconds": ended - started, "operations": outcome.operations, "events": outcome.events,
-                      "total": outcome.total, "batches": batches}), flush=True)
+                      "total": outcome.total, "batches": batches, "pages": pages}), flush=True)
 
 
 class Retention:
@@ -606,6 +607,10 @@ def main(argv=None):
           f"(median {statistics.median(batches) * 1000 if batches else 0:.0f} ms, "
           f"longest {max(batches, default=0) * 1000:.0f} ms; the longest open transaction pg_stat_activity saw "
           f"{sampler.longest_xact * 1000:.0f} ms)")
+    pages = outcome["pages"]  # the id query before each batch: its cost must not grow with what is left
+    tenth = max(1, len(pages) // 10)
+    print(f"id queries: {len(pages)}, {sum(pages):.1f} s in all; median of the first tenth "
+          f"{statistics.median(pages[:tenth]) * 1000:.1f} ms, of the last tenth {statistics.median(pages[-tenth:]) * 1000:.1f} ms")
     print(f"retention process RSS: {rss_start / MB:.1f} MB at the start, peak {peak / MB:.1f} MB "
           f"(+{growth:.1f} MB), {len(sampler.rss)} samples")
     print(f"left of the due operations: {due_after}; of the kept ones: {kept_after} (before: {kept_before})")
@@ -688,7 +693,8 @@ def main(argv=None):
     verdicts(all_gone and outcome_right,
              f"everything due deleted ({', '.join(f'{v:,} {k}' for k, v in due_before.items())} → "
              f"{sum(due_after.values())} left), the kept ones intact, the outcome counted right")
-    verdicts(len(batches) == -(-n // batch), f"deleted in batches: {len(batches)} transactions of ≤ {batch}")
+    expected = sum(-(-deleted // batch) for deleted in outcome["operations"].values())
+    verdicts(len(batches) == expected, f"deleted in batches: {len(batches)} transactions of ≤ {batch} (one status at a time: {expected})")
     ok_ops = all(ok for *_, ok in tracker.finished) and tracker.finished
     verdicts(bool(ok_ops), f"the running operations: {len(tracker.finished)} completed with the right result"
              if ok_ops else f"the running operations: {tracker.finished}")

@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import secrets
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 from celery import current_app
 from django import forms
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import bus, uploads
@@ -1620,27 +1620,38 @@ class PurgeOutcome:
         return sum(self.operations.values())
 
 
-def retention_due(*, now=None) -> Q:
-    """Which finished operations retention deletes now: per status, older than the kind's days
-    or TAP_RETENTION's (by ``finished_at``)."""
+def retention_due_by_status(*, now=None) -> dict[str, Q]:
+    """Which finished operations retention deletes now, per status: older than the kind's days or
+    TAP_RETENTION's (by ``finished_at``). A status that nothing deletes is left out. Each one is
+    bounded by its latest cut-off, so that it is a range of the ``op_status_finished`` index."""
     from .catalogue import RETAINED_STATUSES, all_kinds
 
     now = now or timezone.now()
-    due = Q(pk__in=[])
+    due = {}
     for status in RETAINED_STATUSES:
         own = {kind.name: kind.retention[status] for kind in all_kinds() if kind.retention and status in kind.retention}
         days = conf.RETENTION.get(status)
+        cutoffs = {}  # kind name (None: every kind without its own days) → finished before
         if days is not None:
-            due |= Q(status=status, finished_at__lt=now - timedelta(days=days)) & ~Q(kind__in=list(own))
-        for kind_name, kind_days in own.items():
-            if kind_days is not None:
-                due |= Q(status=status, kind=kind_name, finished_at__lt=now - timedelta(days=kind_days))
+            cutoffs[None] = now - timedelta(days=days)
+        cutoffs.update({name: now - timedelta(days=kind_days) for name, kind_days in own.items() if kind_days is not None})
+        if not cutoffs:
+            continue
+        which = Q(pk__in=[])
+        for name, before in cutoffs.items():
+            which |= Q(finished_at__lt=before) & (~Q(kind__in=list(own)) if name is None else Q(kind=name))
+        due[status] = Q(status=status, finished_at__lt=max(cutoffs.values())) & which
     return due
 
 
+def retention_due(*, now=None) -> Q:
+    """``retention_due_by_status`` as one condition."""
+    return reduce(operator.or_, retention_due_by_status(now=now).values(), Q(pk__in=[]))
+
+
 def operations_retain(*, now=None, batch=None) -> PurgeOutcome:
-    """Beat: delete the finished operations retention says are due (``retention_due``)."""
-    return _purge(retention_due(now=now), batch=batch, dry_run=False, actor=BEAT, why="retention")
+    """Beat: delete the finished operations retention says are due (``retention_due_by_status``)."""
+    return _purge(retention_due_by_status(now=now), batch=batch, dry_run=False, actor=BEAT, why="retention")
 
 
 def operations_purge(*, older_than: timedelta, statuses: Iterable[str] | None = None,
@@ -1658,41 +1669,52 @@ def operations_purge(*, older_than: timedelta, statuses: Iterable[str] | None = 
                                         f"not {', '.join(unfinished)}"]})
     if older_than < timedelta(0):
         raise InvalidParams({"older_than": ["give an age of 0 or more"]})
-    which = Q(status__in=statuses, finished_at__lt=timezone.now() - older_than)
-    if kinds:
-        which &= Q(kind__in=list(kinds))
-    return _purge(which, batch=batch, dry_run=dry_run, actor=Actor.coerce(actor), why=f"purge by {Actor.coerce(actor).name}")
+    before = timezone.now() - older_than
+    due = {}
+    for status in RETAINED_STATUSES:
+        if status in statuses:
+            due[status] = Q(status=status, finished_at__lt=before) & (Q(kind__in=list(kinds)) if kinds else Q())
+    return _purge(due, batch=batch, dry_run=dry_run, actor=Actor.coerce(actor), why=f"purge by {Actor.coerce(actor).name}")
 
 
-def _purge(which, *, batch, dry_run, actor, why):
-    """Delete in batches of ``batch`` (TAP_RETENTION_BATCH) operations, one transaction each:
-    memory stays flat (a batch's ids, never its rows), and a batch's locks are only on the
-    operations it deletes and their own rows."""
+def _purge(due, *, batch, dry_run, actor, why):
+    """Delete ``due`` ({status: which of that status}) in batches of ``batch``
+    (TAP_RETENTION_BATCH) operations, one transaction each: memory stays flat (a batch's ids,
+    never its rows), and a batch's locks are only on the operations it deletes and their own rows.
+
+    Each status is walked oldest first along the ``op_status_finished`` index, every batch's ids
+    from where the last one's ended (a keyset on ``(finished_at, id)``), so that a batch costs
+    the same at the end of a large backlog as at its start: reading the first ``batch`` of what
+    is left instead would sort the whole remaining backlog at every batch."""
     from .catalogue import RETAINED_STATUSES
 
     batch = batch or conf.RETENTION_BATCH
-    finished = Operation.objects.filter(which, status__in=RETAINED_STATUSES)
-    if dry_run:
-        counts = dict(finished.order_by().values_list("status").annotate(n=Count("id")))
-        events = OperationEvent.objects.filter(operation__in=finished.order_by().values("id")).count()
-        return PurgeOutcome({status: counts.get(status, 0) for status in RETAINED_STATUSES}, events, True)
     deleted = dict.fromkeys(RETAINED_STATUSES, 0)
     events = 0
-    while True:
-        ids = list(finished.order_by("finished_at", "id").values_list("id", flat=True)[:batch])
-        if not ids:
-            break
-        with transaction.atomic():
-            # Locked and checked again: one that a person retried meanwhile is not finished any more.
-            locked = dict(Operation.objects.select_for_update().filter(pk__in=ids, status__in=RETAINED_STATUSES)
-                          .order_by().values_list("id", "status"))
-            statuses = Counter(locked.values())
-            _, removed = Operation.objects.filter(pk__in=list(locked)).only("id", "kind", "params", "status").delete()
-        events += removed.get(OperationEvent._meta.label, 0)
-        for status, n in statuses.items():
-            deleted[status] += n
-        if len(ids) < batch:
-            break
+    if dry_run:
+        for status, which in due.items():
+            deleted[status] = Operation.objects.filter(which).count()
+            events += OperationEvent.objects.filter(operation__in=Operation.objects.filter(which).values("id")).count()
+        return PurgeOutcome(deleted, events, True)
+    for status, which in due.items():
+        finished = Operation.objects.filter(which)
+        after = None  # (finished_at, id) of the last batch's last operation
+        while True:
+            page = finished if after is None else finished.filter(
+                Q(finished_at__gt=after[0]) | Q(finished_at=after[0], pk__gt=after[1]), finished_at__gte=after[0])
+            keys = list(page.order_by("finished_at", "id").values_list("finished_at", "id")[:batch])
+            if not keys:
+                break
+            after = keys[-1]
+            with transaction.atomic():
+                # Locked and checked again: one that a person retried meanwhile is not due any more.
+                locked = list(finished.select_for_update().filter(pk__in=[pk for _, pk in keys])
+                              .order_by().values_list("id", flat=True))
+                _, removed = Operation.objects.filter(pk__in=locked).only("id", "kind", "params", "status").delete()
+            events += removed.get(OperationEvent._meta.label, 0)
+            deleted[status] += len(locked)
+            if len(keys) < batch:
+                break
     if any(deleted.values()):
         log.info("%s deleted %s finished operation(s) (%s) with %s event(s)", why, sum(deleted.values()),
                  ", ".join(f"{n} {status}" for status, n in deleted.items() if n), events)

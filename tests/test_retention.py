@@ -9,7 +9,9 @@ from unittest import mock
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from operations import catalogue, services
@@ -65,6 +67,25 @@ def test_retention_deletes_what_is_due_by_status_and_kind_in_batches_with_its_ro
     assert not Record.objects.filter(operation_id__in=gone).exists()
     assert not StepBoundary.objects.filter(operation_id__in=gone).exists()
     assert not OperationEvent.objects.filter(operation_id__in=gone).exists()
+
+
+@override_settings(TAP_RETENTION={"completed": 30, "failed": 90})
+def test_each_batch_follows_on_from_the_last_one_past_operations_that_ended_at_the_same_instant():
+    """A batch's ids start after the last batch's (finished_at, id): five operations that ended at
+    the same instant, split across batches of two, are each deleted, and nothing that is not due."""
+    instant = timezone.now() - timedelta(days=40)
+    same = [finished("completed", 40) for _ in range(5)]
+    Operation.objects.filter(pk__in=same).update(finished_at=instant)
+    older, young = [finished("completed", 50 + i) for i in range(3)], finished("completed", 10)
+    failed, young_failed, cancelled = finished("failed", 91), finished("failed", 89), finished("cancelled", 400)
+    with CaptureQueriesContext(connection) as queries:
+        outcome = services.operations_retain(batch=2)
+    assert outcome.operations == {"completed": 8, "cancelled": 0, "failed": 1}
+    assert alive(*same, *older, young, failed, young_failed, cancelled) == {young, young_failed, cancelled}
+    pages = [query["sql"] for query in queries if " LIMIT " in query["sql"] and '"finished_at"' in query["sql"]]
+    # completed: four full pages and the empty one after them; failed: one short page; cancelled
+    # (kept forever): none
+    assert len(pages) == 4 + 1 + 1
 
 
 def test_purge_by_hand_counts_first_and_refuses_what_is_not_finished():
