@@ -1620,7 +1620,7 @@ class PurgeOutcome:
         return sum(self.operations.values())
 
 
-def retention_due_by_status(*, now=None) -> dict[str, Q]:
+def retention_due_by_status(*, now: datetime | None = None) -> dict[str, Q]:
     """Which finished operations retention deletes now, per status: older than the kind's days or
     TAP_RETENTION's (by ``finished_at``). A status that nothing deletes is left out. Each one is
     bounded by its latest cut-off, so that it is a range of the ``op_status_finished`` index."""
@@ -1644,12 +1644,12 @@ def retention_due_by_status(*, now=None) -> dict[str, Q]:
     return due
 
 
-def retention_due(*, now=None) -> Q:
+def retention_due(*, now: datetime | None = None) -> Q:
     """``retention_due_by_status`` as one condition."""
     return reduce(operator.or_, retention_due_by_status(now=now).values(), Q(pk__in=[]))
 
 
-def operations_retain(*, now=None, batch=None) -> PurgeOutcome:
+def operations_retain(*, now: datetime | None = None, batch: int | None = None) -> PurgeOutcome:
     """Beat: delete the finished operations retention says are due (``retention_due_by_status``)."""
     return _purge(retention_due_by_status(now=now), batch=batch, dry_run=False, actor=BEAT, why="retention")
 
