@@ -6,8 +6,11 @@ its WHERE clause, and RETURNING tells the caller whether it won and from which s
 by ``operations.services``; portable across PostgreSQL and SQLite (3.35+, for RETURNING).
 """
 
+import datetime
 import functools
+import itertools
 import json
+import re
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
@@ -80,30 +83,34 @@ def update(operation_id, assignments, conditions=(), returning=("previous_status
     return rows[0] if rows else None
 
 
-def advance(operation_id, assignments, conditions, *, durable):
+def advance(operation_id, assignments, conditions, *, durable, during=None):
     """A step advance (``update`` returning the status) that also keeps the value it carries into
     the next step as that step's ``StepBoundary``, what a fork from there starts with. On
     PostgreSQL in the same statement (a data-modifying WITH: no extra round trip); elsewhere in
-    a second statement of the same transaction. Returns the status, or None (stale)."""
+    a second statement of the same transaction. Returns the status, or None (stale).
+
+    ``during()`` runs while the server runs the advance where ``can_overlap()`` (the publish of
+    the next step's message), else right after it."""
     from .models import StepBoundary
 
     boundary = _q(StepBoundary._meta.db_table)
     sql, params = _update_sql(operation_id, assignments, conditions,
                               ("status", "id", "step_index", "carry"), durable)
     if connection.vendor == "postgresql":
-        rows = _fetch(_keeping_boundary(sql, boundary), params)
+        rows = _fetch(_keeping_boundary(sql, boundary), params, during=during)
         return rows[0][0] if rows else None
     from django.db import transaction
 
     with transaction.atomic():
         rows = _fetch(sql, params)
-        if not rows:
-            return None
-        status, _, index, carry = rows[0]
-        _fetch(f"INSERT INTO {boundary} (operation_id, step_index, carry) VALUES (%s, %s, %s) "
-               f"ON CONFLICT (operation_id, step_index) DO UPDATE SET carry = excluded.carry RETURNING 1",
-               [operation_id, index, carry])
-        return status
+        if rows:
+            status, _, index, carry = rows[0]
+            _fetch(f"INSERT INTO {boundary} (operation_id, step_index, carry) VALUES (%s, %s, %s) "
+                   f"ON CONFLICT (operation_id, step_index) DO UPDATE SET carry = excluded.carry RETURNING 1",
+                   [operation_id, index, carry])
+    if during is not None:
+        during()
+    return rows[0][0] if rows else None
 
 
 def select(operation_id, columns, conditions=(), column_params=()):
@@ -131,44 +138,9 @@ def db_datetime(value):
 
 
 def can_overlap():
-    """Whether an advance can be sent without waiting for it (PostgreSQL, outside a transaction:
-    one statement that commits by itself)."""
-    return connection.vendor == "postgresql" and not connection.in_atomic_block
-
-
-def advance_overlapped(operation_id, assignments, conditions, *, durable, during):
-    """``advance``, sent to the server without waiting for it; ``during()`` runs while the server
-    runs it (the publish of the next step's message), then its result is read. Returns the
-    status, or None (stale). Only where ``can_overlap()``.
-
-    Bypasses Django's cursor (its driver's connection, in Django's error classes): a cursor
-    cannot leave a statement in flight. The text is what Django's client-side binding sends."""
-    from psycopg import ClientCursor, errors, pq
-    from psycopg.generators import fetch_many, send
-
-    from .models import StepBoundary
-
-    sql, params = _update_sql(operation_id, assignments, conditions, ("status", "id", "step_index", "carry"), durable)
-    sql = _keeping_boundary(sql, _q(StepBoundary._meta.db_table))
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    driver = connection.connection
-    with connection.wrap_database_errors:
-        query = ClientCursor(driver).mogrify(sql, params)
-        driver.pgconn.send_query(query.encode(driver.info.encoding))
-        driver.wait(send(driver.pgconn))
-    try:
-        during()
-    finally:  # the result is read whatever happened meanwhile: the connection stays usable
-        with connection.wrap_database_errors:
-            results = driver.wait(fetch_many(driver.pgconn))
-            for result in results:
-                if result.status == pq.ExecStatus.FATAL_ERROR:
-                    raise errors.error_from_result(result, encoding=driver.info.encoding)
-    rows = results[0] if results else None
-    if rows is None or rows.ntuples == 0:
-        return None
-    return rows.get_value(0, 0).decode()
+    """Whether a statement can be sent without waiting for it (``_fetch(during=…)``): on
+    PostgreSQL, outside a transaction, where it commits by itself."""
+    return _direct()
 
 
 #: Statement shape → its SQL: the text depends only on which columns are set how, the conditions'
@@ -214,10 +186,101 @@ def _update_sql(operation_id, assignments, conditions, returning, durable):
     return sql, params
 
 
-def _fetch(sql, params):
+def _fetch(sql, params, *, during=None):
+    """Run one statement and return its rows. ``during()`` runs while the server runs it where
+    ``can_overlap()``, else after it.
+
+    On PostgreSQL in autocommit, the statement goes straight to the driver's connection, its
+    parameters bound by the server: a step's statements cost the client less than through
+    Django's cursor and psycopg's client-side binding (``bench/README.md``, 2026-12-07, late).
+    Inside a transaction, with queries being logged (DEBUG, ``CaptureQueriesContext``), with
+    execute wrappers, or with a parameter of another type, Django's cursor runs it as any query."""
+    if _direct():
+        values = _text_params(params)
+        if values is not None:
+            return _fetch_direct(sql, values, during)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        rows = cursor.fetchall()
+    if during is not None:
+        during()
+    return rows
+
+
+def _direct():
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    return (wrapper.vendor == "postgresql" and not wrapper.in_atomic_block and not wrapper.queries_logged
+            and not wrapper.execute_wrappers and _jsonb() is not None)
+
+
+@functools.cache
+def _jsonb():
+    """psycopg 3's Jsonb (Django's JSONField values), or None with psycopg2: no direct path then."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        return None
+    from psycopg.types.json import Jsonb
+
+    return Jsonb
+
+
+def _fetch_direct(sql, values, during):
+    """``_fetch`` on psycopg's connection: sent, ``during()`` meanwhile, then read, whatever
+    happened meanwhile (the connection stays usable); errors in Django's classes."""
+    from psycopg import errors, pq
+    from psycopg.adapt import Transformer
+    from psycopg.generators import fetch_many, send
+
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    wrapper.ensure_connection()
+    driver = wrapper.connection
+    pgconn = driver.pgconn
+    with wrapper.wrap_database_errors:
+        pgconn.send_query_params(_numbered(sql), values)
+        driver.wait(send(pgconn))
+    try:
+        if during is not None:
+            during()
+    finally:
+        with wrapper.wrap_database_errors:
+            results = driver.wait(fetch_many(pgconn))
+            for result in results:
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    raise errors.error_from_result(result, encoding=driver.info.encoding)
+    result = results[0]
+    rows = Transformer.from_context(driver)  # the connection's loaders, as Django's cursor has them
+    rows.set_pgresult(result)
+    return rows.load_rows(0, result.ntuples, tuple)
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql):
+    """Django's ``%s`` placeholders as PostgreSQL's ``$1, $2, …`` (``%%`` a literal ``%``)."""
+    numbers = itertools.count(1)
+    return re.sub(r"%[s%]", lambda match: f"${next(numbers)}" if match.group() == "%s" else "%", sql).encode()
+
+
+def _text_params(params):
+    """The parameters in PostgreSQL's text format, for the server to bind by the columns' types
+    (None: NULL). The types a step's statements use; None when another one is among them."""
+    jsonb, values = _jsonb(), []
+    for value in params:
+        if value is None:
+            values.append(None)
+        elif isinstance(value, str):  # a TextChoices member too: its value
+            values.append(value.encode())
+        elif isinstance(value, bool):
+            values.append(b"t" if value else b"f")
+        elif isinstance(value, int):
+            values.append(int.__repr__(value).encode())
+        elif isinstance(value, datetime.datetime):
+            values.append(value.isoformat().encode())
+        elif isinstance(value, jsonb) and value.dumps is not None:  # Django's JSONField value
+            values.append(value.dumps(value.obj).encode())
+        else:
+            return None
+    return values
 
 
 def load_json(value):

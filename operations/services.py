@@ -1083,8 +1083,8 @@ def step_advance(operation_id, run_token, fence, index, carry, *, count_step, ho
 
     Raises Fenced (rolling the step's own writes back) if another run moved the row on.
     Returns the row's status, so a pending pause or cancel is seen without another query.
-    With ``during`` (only where ``bus.can_overlap()``), the advance sets ``hop`` and ``during()``
-    runs while the server runs it: the next step's message goes out meanwhile.
+    With ``during``, the advance sets ``hop`` and ``during()`` runs while the server runs it
+    (where ``bus.can_overlap()``): the next step's message goes out meanwhile.
     """
     now = timezone.now()
     values = {"step_index": index + 1, "fence": bus.Raw(f"{bus.column('fence')} + 1"),
@@ -1093,10 +1093,8 @@ def step_advance(operation_id, run_token, fence, index, carry, *, count_step, ho
         values["progress_done"] = index + 1
     if during is not None:
         values["hop"] = hop
-        status = bus.advance_overlapped(operation_id, values, _guarded(run_token, fence),
-                                        durable=conf.DURABLE_STEP_COMMITS, during=during)
-    else:
-        status = bus.advance(operation_id, values, _guarded(run_token, fence), durable=conf.DURABLE_STEP_COMMITS)
+    status = bus.advance(operation_id, values, _guarded(run_token, fence), durable=conf.DURABLE_STEP_COMMITS,
+                         during=during)
     if status is None:
         raise Fenced(f"operation {operation_id}: step {index} lost its fence (run {run_token})")
     return status
