@@ -194,7 +194,8 @@ def _fetch(sql, params, *, during=None):
     parameters bound by the server: a step's statements cost the client less than through
     Django's cursor and psycopg's client-side binding (``bench/README.md``, 2026-12-07, late).
     Inside a transaction, with queries being logged (DEBUG, ``CaptureQueriesContext``), with
-    execute wrappers, or with a parameter of another type, Django's cursor runs it as any query."""
+    execute wrappers, on a connection whose client_encoding is not UTF8, or with a parameter of
+    another type, Django's cursor runs it as any query."""
     if _direct():
         values = _text_params(params)
         if values is not None:
@@ -209,8 +210,13 @@ def _fetch(sql, params, *, during=None):
 
 def _direct():
     wrapper = connections[DEFAULT_DB_ALIAS]
-    return (wrapper.vendor == "postgresql" and not wrapper.in_atomic_block and not wrapper.queries_logged
-            and not wrapper.execute_wrappers and _jsonb() is not None)
+    if (wrapper.vendor != "postgresql" or wrapper.in_atomic_block or wrapper.queries_logged
+            or wrapper.execute_wrappers or _jsonb() is None):
+        return False
+    wrapper.ensure_connection()
+    # The statement and its text go as UTF-8: only a connection that speaks it reads them as sent
+    # (a host may set another client_encoding in OPTIONS; psycopg's cursor encodes for it).
+    return wrapper.connection.pgconn.parameter_status(b"client_encoding") == b"UTF8"
 
 
 @functools.cache

@@ -60,6 +60,10 @@ class Operation(models.Model):
     death_fence = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="The write sequence when the last worker running it was lost.",
     )
+    claimed_run = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The run (its token) whose message a worker last took: beat counts a run "
+                                         "that went silent as a lost worker only once a worker took it.",
+    )
     auto_resumes = models.PositiveIntegerField(
         default=0, help_text="Automatic resumes by beat since the operation last got further.",
     )

@@ -1035,14 +1035,15 @@ def step_claim(operation_id, run_token):
     None if the message is stale (another run token, or the operation is not active). A read,
     not a write: the advance that sent this message wrote the heartbeat a moment ago, so only a
     message that waited longer than a heartbeat interval in the queue refreshes it (a second
-    round trip, before the step, so beat never takes a step that just began for a silent one).
+    round trip, before the step, so beat never takes a step that just began for a silent one),
+    and so does the first message of a run, to record that a worker took it (``claimed_run``).
     An UPDATE here cost each step through the broker a WAL record and a commit (~0.1 ms).
     """
     stale_before = timezone.now() - timedelta(seconds=heartbeat_interval())
     heartbeat = bus.column("heartbeat_at")
     row = bus.select(
         operation_id, ("status", "step_index", "fence", "carry", "checkpoint", "deaths", "death_fence", "hop",
-                       f"CASE WHEN {heartbeat} IS NULL OR {heartbeat} < %s THEN 1 ELSE 0 END"),
+                       f"CASE WHEN {heartbeat} IS NULL OR {heartbeat} < %s OR NOT ({_taken()}) THEN 1 ELSE 0 END"),
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
         column_params=[bus.db_datetime(stale_before)],
     )
@@ -1056,10 +1057,20 @@ def step_claim(operation_id, run_token):
     return Claim(status, index, fence, bus.load_json(carry), bus.load_json(checkpoint), deaths_here, hop)
 
 
+def _taken():
+    """SQL: a worker took a message of the current run (``step_claim`` records it)."""
+    return f"{bus.column('claimed_run')} IS NOT NULL AND {bus.column('claimed_run')} = {bus.column('run_token')}"
+
+
 def _death_counted():
-    """SET clauses that count one more worker lost at the current fence (1 if it got further)."""
+    """SET clauses that count one more worker lost at the current fence (1 if it got further).
+
+    Only if a worker took the run's message: a run nobody took (no worker consuming its queue
+    yet, the message lost in the broker) lost no worker, and must not bring the poison limit
+    nearer."""
     fence, death_fence = bus.column("fence"), bus.column("death_fence")
-    return {"deaths": bus.Raw(f"CASE WHEN {death_fence} = {fence} THEN {bus.column('deaths')} + 1 ELSE 1 END"),
+    return {"deaths": bus.Raw(f"CASE WHEN {death_fence} = {fence} THEN {bus.column('deaths')} ELSE 0 END"
+                              f" + CASE WHEN {_taken()} THEN 1 ELSE 0 END"),
             "death_fence": bus.Raw(fence)}
 
 
@@ -1123,8 +1134,9 @@ def step_still_owns(operation_id, run_token, fence=None):
 
 
 def operation_heartbeat(operation_id, run_token):
+    """A sign of life from a worker running ``run_token``, which it has thereby taken."""
     return bus.update(
-        operation_id, {"heartbeat_at": timezone.now()},
+        operation_id, {"heartbeat_at": timezone.now(), "claimed_run": bus.Raw(bus.column("run_token"))},
         [bus.in_statuses(ACTIVE), (f"{bus.column('run_token')} = %s", [run_token])],
         returning=("id",), durable=False,
     ) is not None
@@ -1431,13 +1443,15 @@ def operations_reconcile(*, lease=None):
              **_death_counted()},
             [bus.in_statuses(ACTIVE),
              (f"({bus.column('heartbeat_at')} IS NULL OR {bus.column('heartbeat_at')} < %s)", [heartbeat])],
-            returning=("id", "previous_status", "kind", "auto_resumes", "deaths", "step_index"), many=True,
+            returning=("id", "previous_status", "kind", "auto_resumes", "deaths", "step_index", "claimed_run",
+                       "run_token"), many=True,
         )
         ids = [row[0] for row in rows]
         ConcurrencySlot.objects.filter(operation_id__in=ids).delete()
         events = []
-        for op_id, previous, kind_name, resumes, deaths, index in rows:
-            note = f"no heartbeat for {lease}s: the worker is gone or the message was lost"
+        for op_id, previous, kind_name, resumes, deaths, index, claimed, token in rows:
+            note = (f"no heartbeat for {lease}s: the worker is gone" if claimed == token else
+                    f"no heartbeat for {lease}s and no worker took its message: is a worker consuming its queue?")
             policy = _recovery_of(kind_name)
             if deaths >= policy.poison_limit:  # resuming would only lose one more worker
                 _event(op_id, BEAT, previous, Status.INTERRUPTED, note)

@@ -51,24 +51,24 @@ def test_a_claim_and_an_advance_read_and_write_the_same_on_either_path(direct_ca
     engine._PLANS.clear()
     operation = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
     claim = services.step_claim(operation.pk, operation.run_token)
-    assert len(direct_calls) == 1
+    assert len(direct_calls) == 2  # the run's first claim: its read, and the record that a worker took it
     with CaptureQueriesContext(connection) as logged:  # queries logged: Django's cursor runs them
         assert services.step_claim(operation.pk, operation.run_token) == claim
-    assert len(logged) == 1 and len(direct_calls) == 1
+    assert len(logged) == 1 and len(direct_calls) == 2
 
     carry = {"text": "é ' %s", "list": [1, None, 2.5]}
     assert services.step_advance(operation.pk, operation.run_token, claim.fence, 0, carry, count_step=True) \
         == Status.RUNNING
-    assert len(direct_calls) == 2
+    assert len(direct_calls) == 3
     with transaction.atomic():  # in a step's transaction: Django's cursor
         services.step_advance(operation.pk, operation.run_token, claim.fence + 1, 1, [carry], count_step=True)
-    assert len(direct_calls) == 2
+    assert len(direct_calls) == 3
     row = Operation.objects.get(pk=operation.pk)
     assert (row.step_index, row.fence, row.carry, row.progress_done) == (2, claim.fence + 2, [carry], 2)
     assert services.step_claim(operation.pk, operation.run_token).carry == [carry]
     with pytest.raises(services.Fenced):  # a stale fence: no row, on the direct path too
         services.step_advance(operation.pk, operation.run_token, claim.fence, 2, None, count_step=True)
-    assert len(direct_calls) == 4
+    assert len(direct_calls) == 5
 
 
 @pytest.mark.integration
@@ -91,3 +91,21 @@ def test_the_direct_path_overlaps_what_runs_during_it_and_keeps_django_s_errors(
         assert seen[0] - began >= 0.3
         assert not bus.can_overlap()
     assert len(direct_calls) == 3 and bus.can_overlap()
+
+
+@pytest.mark.integration
+@pytest.mark.backends("pg-redis", "pg-rabbitmq")
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_speaking_another_encoding_goes_through_django_s_cursor(direct_calls):
+    with connection.cursor() as cursor:
+        cursor.execute("SET client_encoding TO 'LATIN1'")
+    try:
+        assert not bus.can_overlap()
+        # é is one byte in LATIN1: sent as UTF-8 (two bytes) it would come back as Ã©
+        assert bus._fetch("SELECT %s, length(%s)", ["é", "é"]) == [("é", 1)]
+        assert direct_calls == []
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET client_encoding TO 'UTF8'")
+    assert bus.can_overlap() and bus._fetch("SELECT %s, length(%s)", ["é", "é"]) == [("é", 1)]
+    assert len(direct_calls) == 1

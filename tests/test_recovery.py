@@ -7,6 +7,8 @@ show it end to end: a step that kills its pool process every time ends ``failed`
 import datetime
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from operations import services
@@ -19,8 +21,9 @@ HOUR_AGO = datetime.timedelta(hours=1)
 
 
 def _silent(kind="arithmetic", params=None, **fields):
-    """An operation whose worker went silent an hour ago."""
+    """An operation whose worker took its message, then went silent an hour ago."""
     operation = services.operation_start(kind=kind, params=params or {"steps": 3}, actor="cli")
+    fields = {"claimed_run": operation.run_token, **fields}
     Operation.objects.filter(pk=operation.pk).update(heartbeat_at=timezone.now() - HOUR_AGO, **fields)
     return operation.pk
 
@@ -134,6 +137,31 @@ def test_reconcile_fails_an_operation_whose_step_lost_as_many_workers_as_the_poi
     # A person who retries it starts the count afresh.
     services.operation_retry(operation=operation_id, actor="cli")
     assert _row(operation_id).deaths == 0
+
+
+@pytest.mark.django_db
+def test_a_run_whose_message_no_worker_took_lost_no_worker():
+    """Silent before any worker took its message (no worker consuming the queue yet, the
+    message lost in the broker): interrupted and resumed, but no nearer the poison limit."""
+    operation_id = _silent(deaths=2, death_fence=0, claimed_run=None)  # one more death would fail it
+    services.operations_reconcile(lease=60)
+    row = _row(operation_id)
+    assert (row.status, row.deaths, row.death_fence) == (Status.INTERRUPTED, 2, 0)
+    assert "no worker took its message" in row.events.last().note and row.resume_at is not None
+    assert services.operations_recover(now=timezone.now() + HOUR_AGO) == [operation_id]
+    # The resumed run's first message is taken: its claim records it; the next claim only reads.
+    claim = services.step_claim(operation_id, 2)
+    assert claim.deaths == 2 and _row(operation_id).claimed_run == 2
+    with CaptureQueriesContext(connection) as statements:
+        assert services.step_claim(operation_id, 2) == claim
+    assert len(statements) == 1
+    Operation.objects.filter(pk=operation_id).update(heartbeat_at=timezone.now() - HOUR_AGO)
+    services.operations_reconcile(lease=60)  # taken, then silent: a third worker lost there
+    row = _row(operation_id)
+    assert (row.status, row.deaths) == (Status.FAILED, 3) and "lost its worker 3 time(s)" in row.error
+    # A worker's pool process that died before it took a message lost nothing either.
+    other = services.operation_start(kind="arithmetic", params={"steps": 3}, actor="cli")
+    assert services.step_worker_lost(other.pk, 1, 0) and _row(other.pk).deaths == 0
 
 
 # --- the count of deaths --------------------------------------------------------------------------

@@ -218,6 +218,7 @@ def test_a_message_waits_for_an_advance_that_lands_late(published, settings, mon
     monkeypatch.setattr(services.current_app, "send_task",
                         lambda name, args=None, kwargs=None, **options: sent.append((args[2], (kwargs or {}).get("hop"))))
     operation = services.operation_start(kind="arithmetic", params={"steps": 5}, actor="cli")
+    services.step_claim(operation.pk, operation.run_token)  # the run's first claim records it taken: a write
     sent.clear()
     locked, release = threading.Event(), threading.Event()
 
