@@ -316,9 +316,14 @@ def test_a_users_quota_limits_unfinished_operations_and_work_and_staff_may_set_i
 @pytest.mark.django_db
 def test_a_claim_reads_and_refreshes_the_heartbeat_only_when_it_is_older_than_a_beat():
     """The advance before a step wrote the heartbeat a moment ago: a claim writes only after its
-    message waited longer than a heartbeat interval (a write per step costs a commit)."""
+    message waited longer than a heartbeat interval (a write per step costs a commit), or when it
+    is the run's first (it records that a worker took the run: ``claimed_run``)."""
     operation = _running()
     fresh = timezone.now() - datetime.timedelta(seconds=0.2)
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=fresh)
+    assert Operation.objects.get(pk=operation.pk).claimed_run is None
+    services.step_claim(operation.pk, operation.run_token)  # the run's first claim: written
+    assert Operation.objects.get(pk=operation.pk).claimed_run == operation.run_token
     Operation.objects.filter(pk=operation.pk).update(heartbeat_at=fresh)
     claim = services.step_claim(operation.pk, operation.run_token)
     assert claim.status == Status.RUNNING and claim.step_index == 0
